@@ -1,0 +1,327 @@
+"""Model configuration with Matterport's attribute names and defaults.
+
+Subclass :class:`Config` and override class attributes, exactly as with Matterport's
+``mrcnn.config.Config``.  Instantiating computes the derived values (``BATCH_SIZE``,
+``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) and validates the settings; an impossible setting raises
+:class:`ConfigError` naming the attribute and the rule.  ``save_json``/``load_json`` let a config
+travel beside its weights.
+
+Options added beyond Matterport (each keeps Matterport's behaviour by default):
+
+* ``NORM``: ``"bn"`` (batch norm, frozen unless ``TRAIN_BN``) or ``"gn"`` (GroupNormalization with
+  ``GN_GROUPS`` groups, better when training from scratch with small batches).
+* ``BACKBONE``: ``"resnet50"``, ``"resnet101"``, ``"resnet18"``, ``"resnet34"`` or a callable
+  ``f(input_image, stage5=True, train_bn=..) -> [C2, C3, C4, C5]``.
+* ``PREPROC_CONV``: add a 1x1 convolution named ``PREPROC`` that projects ``IMAGE_CHANNEL_COUNT``
+  channels to 3 before ``conv1`` (Mask R-CNN+: RGB + hematoxylin + distance map).
+* ``LEARNING_RATE_WARMUP_STEPS``: linear warm-up of the learning rate over that many steps.
+* ``GT_OVERFLOW``: what the loader does with more than ``MAX_GT_INSTANCES`` nuclei in one image:
+  ``"largest"`` keeps the largest ones (default), ``"random"`` keeps a random subset (Matterport).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["Config", "ConfigError", "NucleusConfig", "NucleusInferenceConfig"]
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message names the attribute and the rule."""
+
+
+_RESIZE_MODES = ("none", "square", "pad64", "crop")
+_LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+               "mrcnn_mask_loss")
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class Config:
+    """Base configuration; override attributes in a subclass (Matterport's names)."""
+
+    NAME = None  # Override in sub-classes
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    BACKBONE = "resnet101"
+    COMPUTE_BACKBONE_SHAPE = None
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    NUM_CLASSES = 1  # background + your classes; override in sub-classes
+
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    RPN_ANCHOR_STRIDE = 1
+    RPN_NMS_THRESHOLD = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    PRE_NMS_LIMIT = 6000
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+    MASK_SHAPE = [28, 28]
+    MAX_GT_INSTANCES = 100
+
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.0,
+        "rpn_bbox_loss": 1.0,
+        "mrcnn_class_loss": 1.0,
+        "mrcnn_bbox_loss": 1.0,
+        "mrcnn_mask_loss": 1.0,
+    }
+    USE_RPN_ROIS = True
+    TRAIN_BN = False
+    GRADIENT_CLIP_NORM = 5.0
+
+    # --- mrcnn_nuclei additions (Matterport-compatible defaults) ---
+    NORM = "bn"
+    GN_GROUPS = 32
+    PREPROC_CONV = False
+    LEARNING_RATE_WARMUP_STEPS = 0
+    GT_OVERFLOW = "largest"
+    SEED = None
+
+    def __init__(self):
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        self.MEAN_PIXEL = np.asarray(self.MEAN_PIXEL, dtype=np.float64)
+        self.RPN_BBOX_STD_DEV = np.asarray(self.RPN_BBOX_STD_DEV, dtype=np.float64)
+        self.BBOX_STD_DEV = np.asarray(self.BBOX_STD_DEV, dtype=np.float64)
+        if self.IMAGE_RESIZE_MODE == "crop":
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM,
+                                         self.IMAGE_CHANNEL_COUNT])
+        else:
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM,
+                                         self.IMAGE_CHANNEL_COUNT])
+        # image_id(1) + original shape(3) + image shape(3) + window(4) + scale(1) + active ids
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self):
+        """Raise :class:`ConfigError` for an impossible setting. Returns ``self``."""
+
+        def fail(attr, rule):
+            raise ConfigError(f"{type(self).__name__}.{attr} = {getattr(self, attr, None)!r}: {rule}")
+
+        if self.IMAGE_RESIZE_MODE not in _RESIZE_MODES:
+            fail("IMAGE_RESIZE_MODE", f"must be one of {', '.join(_RESIZE_MODES)}")
+        if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MAX_DIM % 64:
+            fail("IMAGE_MAX_DIM", "must be divisible by 2^6 = 64 with IMAGE_RESIZE_MODE 'square' "
+                 "(the FPN downsamples six times); e.g. 256, 512, 1024")
+        if self.IMAGE_RESIZE_MODE == "crop" and self.IMAGE_MIN_DIM % 64:
+            fail("IMAGE_MIN_DIM", "must be divisible by 2^6 = 64 with IMAGE_RESIZE_MODE 'crop' "
+                 "(it is the crop size); e.g. 256, 512")
+        if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
+                self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
+            fail("IMAGE_MIN_DIM", "must not exceed IMAGE_MAX_DIM")
+        if int(self.IMAGE_CHANNEL_COUNT) < 1:
+            fail("IMAGE_CHANNEL_COUNT", "must be at least 1")
+        if len(self.MEAN_PIXEL) != self.IMAGE_CHANNEL_COUNT:
+            fail("MEAN_PIXEL", f"must have IMAGE_CHANNEL_COUNT = {self.IMAGE_CHANNEL_COUNT} values, "
+                 f"one per channel (has {len(self.MEAN_PIXEL)})")
+        if self.IMAGE_CHANNEL_COUNT != 3 and not self.PREPROC_CONV and \
+                not callable(self.BACKBONE):
+            pass  # allowed: conv1 simply takes IMAGE_CHANNEL_COUNT inputs (no RGB weights there)
+        if int(self.NUM_CLASSES) < 1:
+            fail("NUM_CLASSES", "counts the background too and must be at least 1 (2 for nuclei)")
+        if self.GPU_COUNT < 1 or self.IMAGES_PER_GPU < 1:
+            fail("IMAGES_PER_GPU", "IMAGES_PER_GPU and GPU_COUNT must both be at least 1")
+        if not callable(self.BACKBONE) and self.BACKBONE not in _BACKBONES:
+            fail("BACKBONE", f"must be one of {', '.join(_BACKBONES)} or a callable")
+        if len(self.BACKBONE_STRIDES) != len(self.RPN_ANCHOR_SCALES):
+            fail("RPN_ANCHOR_SCALES", f"needs one scale per pyramid level: "
+                 f"{len(self.BACKBONE_STRIDES)} (len(BACKBONE_STRIDES))")
+        if len(self.RPN_ANCHOR_RATIOS) < 1 or min(self.RPN_ANCHOR_RATIOS) <= 0:
+            fail("RPN_ANCHOR_RATIOS", "needs at least one positive ratio")
+        if self.RPN_ANCHOR_STRIDE < 1:
+            fail("RPN_ANCHOR_STRIDE", "must be at least 1")
+        for attr in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD"):
+            if not 0.0 < getattr(self, attr) <= 1.0:
+                fail(attr, "is an IoU threshold and must be in (0, 1]")
+        if not 0.0 <= self.DETECTION_MIN_CONFIDENCE <= 1.0:
+            fail("DETECTION_MIN_CONFIDENCE", "must be in [0, 1]")
+        if not 0.0 < self.ROI_POSITIVE_RATIO <= 1.0:
+            fail("ROI_POSITIVE_RATIO", "must be in (0, 1]")
+        for attr in ("RPN_TRAIN_ANCHORS_PER_IMAGE", "TRAIN_ROIS_PER_IMAGE", "MAX_GT_INSTANCES",
+                     "DETECTION_MAX_INSTANCES", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                     "PRE_NMS_LIMIT", "POOL_SIZE", "MASK_POOL_SIZE", "STEPS_PER_EPOCH"):
+            if int(getattr(self, attr)) < 1:
+                fail(attr, "must be a positive integer")
+        if list(self.MASK_SHAPE) != [2 * self.MASK_POOL_SIZE] * 2:
+            fail("MASK_SHAPE", f"must be [2*MASK_POOL_SIZE]*2 = {[2 * self.MASK_POOL_SIZE] * 2} "
+                 "(the mask head upsamples its pooled features once, by 2)")
+        if len(self.MINI_MASK_SHAPE) != 2 or min(self.MINI_MASK_SHAPE) < 1:
+            fail("MINI_MASK_SHAPE", "must be two positive integers (height, width)")
+        if len(self.RPN_BBOX_STD_DEV) != 4 or len(self.BBOX_STD_DEV) != 4:
+            fail("BBOX_STD_DEV", "BBOX_STD_DEV and RPN_BBOX_STD_DEV need 4 values each")
+        unknown = set(self.LOSS_WEIGHTS) - set(_LOSS_NAMES)
+        if unknown:
+            fail("LOSS_WEIGHTS", f"has unknown keys {sorted(unknown)}; known: {list(_LOSS_NAMES)}")
+        if self.NORM not in ("bn", "gn"):
+            fail("NORM", "must be 'bn' (batch norm) or 'gn' (group norm)")
+        if self.NORM == "gn" and self.GN_GROUPS < 1:
+            fail("GN_GROUPS", "must be a positive integer")
+        if self.GT_OVERFLOW not in ("largest", "random"):
+            fail("GT_OVERFLOW", "must be 'largest' or 'random'")
+        if self.LEARNING_RATE <= 0:
+            fail("LEARNING_RATE", "must be positive")
+        if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
+            fail("GRADIENT_CLIP_NORM", "must be positive or None")
+        return self
+
+    # ------------------------------------------------------------------ derived helpers
+    @property
+    def BACKBONE_SHAPES(self):
+        """[[h, w], ...] feature map size per pyramid level for IMAGE_SHAPE."""
+        return self.backbone_shapes(self.IMAGE_SHAPE)
+
+    def backbone_shapes(self, image_shape):
+        """Feature-map [h, w] per level of BACKBONE_STRIDES for an image of ``image_shape``."""
+        return np.array([[int(math.ceil(image_shape[0] / s)), int(math.ceil(image_shape[1] / s))]
+                         for s in self.BACKBONE_STRIDES])
+
+    # ------------------------------------------------------------------ display / JSON
+    def to_dict(self):
+        """All upper-case attributes as JSON-ready values (arrays become lists)."""
+        out = {}
+        for name in sorted(dir(self)):
+            if not name.isupper() or name.startswith("_") or name == "BACKBONE_SHAPES":
+                continue
+            value = getattr(self, name)
+            if callable(value):
+                value = getattr(value, "__name__", repr(value))
+            out[name] = _jsonable(value)
+        return out
+
+    def display(self):
+        """Print every configuration value, one per line."""
+        print("\nConfigurations:")
+        for key, value in self.to_dict().items():
+            print(f"{key:30} {value}")
+        print("\n")
+
+    def save_json(self, path):
+        """Write the config as JSON (atomically) to ``path``."""
+        data = {"class": type(self).__name__, "values": self.to_dict()}
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a config of this class (or a subclass) with ``values`` overriding attributes."""
+        derived = {"BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE"}
+        attrs = {}
+        for key, value in values.items():
+            if key in derived:
+                continue
+            if not hasattr(cls, key):
+                raise ConfigError(f"unknown config attribute {key!r}")
+            default = getattr(cls, key)
+            if isinstance(default, np.ndarray):
+                value = np.asarray(value, dtype=default.dtype)
+            elif isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            attrs[key] = value
+        if callable(cls.BACKBONE) and "BACKBONE" in attrs:
+            attrs.pop("BACKBONE")  # a callable cannot travel in JSON; keep the class's own
+        return type(cls.__name__, (cls,), attrs)()
+
+    @classmethod
+    def load_json(cls, path):
+        """Read a config written by :meth:`save_json`."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path) as f:
+            data = json.load(f)
+        values = data.get("values", data)
+        return cls.from_dict(values)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} NAME={self.NAME!r}>"
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class NucleusConfig(Config):
+    """Training preset with the values of Matterport's nucleus sample."""
+
+    NAME = "nucleus"
+    IMAGES_PER_GPU = 6
+    NUM_CLASSES = 1 + 1
+    STEPS_PER_EPOCH = (657 - 25) // IMAGES_PER_GPU
+    VALIDATION_STEPS = max(1, 25 // IMAGES_PER_GPU)
+    DETECTION_MIN_CONFIDENCE = 0
+    BACKBONE = "resnet50"
+    IMAGE_RESIZE_MODE = "crop"
+    IMAGE_MIN_DIM = 512
+    IMAGE_MAX_DIM = 512
+    IMAGE_MIN_SCALE = 2.0
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    POST_NMS_ROIS_TRAINING = 1000
+    POST_NMS_ROIS_INFERENCE = 2000
+    RPN_NMS_THRESHOLD = 0.9
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    TRAIN_ROIS_PER_IMAGE = 128
+    MAX_GT_INSTANCES = 200
+    DETECTION_MAX_INSTANCES = 400
+    MEAN_PIXEL = np.array([43.53, 39.56, 48.22])
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+
+class NucleusInferenceConfig(NucleusConfig):
+    """Inference preset of Matterport's nucleus sample (one image, pad64, RPN NMS 0.7)."""
+
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 1
+    IMAGE_RESIZE_MODE = "pad64"
+    RPN_NMS_THRESHOLD = 0.7
