@@ -35,8 +35,17 @@ _EOSIN = np.array([0.072, 0.990, 0.105], np.float32)
 
 
 def _smooth_noise(rng, shape, sigma):
-    """``[H, W]`` float32 Gaussian-smoothed white noise with unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    """``[H, W]`` float32 Gaussian-smoothed white noise with unit standard deviation.
+
+    Wide fields (``sigma > 3``) are drawn on a grid 4x coarser and upsampled bilinearly, which
+    looks the same and is ~10x faster than filtering at full size.
+    """
+    step = 4 if sigma > 3 else 1
+    coarse = (-(-shape[0] // step) + 2, -(-shape[1] // step) + 2) if step > 1 else shape
+    field = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma / step,
+                                    truncate=3.0)
+    if step > 1:
+        field = ndimage.zoom(field, step, order=1, grid_mode=False)[:shape[0], :shape[1]]
     std = field.std()
     return field / std if std > 0 else field
 
@@ -139,7 +148,7 @@ def _render(rng, labels, shade, colour):
         nucleus = bright[labels] * dome * (1.0 + 0.12 * texture)
         image = np.where(inside, nucleus, image).astype(np.float32)
         image = ndimage.gaussian_filter(image, rng.uniform(0.4, 1.2))
-        image += rng.normal(0.0, rng.uniform(0.005, 0.03), image.shape).astype(np.float32)
+        image += np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(image.shape, np.float32)
         return np.clip(image, 0.0, 1.0)
     density = np.concatenate([[0.0], rng.uniform(0.5, 1.3, n)]).astype(np.float32)
     hema = np.where(inside, density[labels] * dome * (1.0 + 0.2 * texture),
@@ -149,10 +158,10 @@ def _render(rng, labels, shade, colour):
     sigma = rng.uniform(0.4, 1.0)
     hema = ndimage.gaussian_filter(hema, sigma)
     eosin = ndimage.gaussian_filter(eosin, sigma)
-    od = hema[..., None] * _HEMATOXYLIN + np.clip(eosin, 0, None)[..., None] * _EOSIN
-    image = np.exp(-1.6 * od)
-    image += rng.normal(0.0, rng.uniform(0.005, 0.025), image.shape).astype(np.float32)
-    return np.clip(image, 0.0, 1.0)
+    # Camera noise on the densities (shared by R, G, B: cheaper, and looks the same).
+    hema += np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(hema.shape, np.float32)
+    od = hema[..., None] * (-1.6 * _HEMATOXYLIN) + np.clip(eosin, 0, None)[..., None] * (-1.6 * _EOSIN)
+    return np.clip(np.exp(od, out=od), 0.0, 1.0)
 
 
 def synthesize(height=256, width=256, seed=0, index=0, colour="grey", min_nuclei=5,
