@@ -1,0 +1,376 @@
+"""Image and mask utilities with Matterport's names, signatures and semantics (NumPy).
+
+Boxes are (y1, x1, y2, x2) pixel boxes with y2/x2 exclusive; masks are [H, W, N] bool stacks
+(see :mod:`mrcnn_nuclei.boxes` for the conventions).  Resizing of instance masks is vectorised:
+nearest-neighbour index maps for :func:`resize_mask`, and a batched bilinear sampler (pixel-centre
+aligned, edge-clamped, the same values as ``skimage.transform.resize(order=1, mode="edge")``)
+followed by a 0.5 threshold for :func:`minimize_mask`, :func:`expand_mask` and :func:`unmold_mask`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import skimage.transform
+
+__all__ = ["resize_image", "resize_mask", "extract_bboxes", "minimize_mask", "expand_mask",
+           "unmold_mask", "compose_image_meta", "parse_image_meta", "mold_image", "unmold_image",
+           "norm_boxes", "denorm_boxes", "resize"]
+
+_MODES = ("none", "square", "pad64", "crop")
+
+
+# ---------------------------------------------------------------------------------------- resizing
+def resize(image, output_shape, order=1, preserve_range=True):
+    """skimage resize without anti-aliasing, keeping the input dtype (uint8 rounded and clipped).
+
+    image: [H, W] or [H, W, C]; output_shape: (h, w).  Returns [h, w(, C)] of image.dtype.
+    """
+    image = np.asarray(image)
+    out_shape = tuple(int(v) for v in output_shape[:2]) + image.shape[2:]
+    if out_shape == image.shape:
+        return image.copy()
+    out = skimage.transform.resize(image, out_shape, order=order, mode="constant", cval=0,
+                                   clip=True, preserve_range=preserve_range, anti_aliasing=False)
+    if image.dtype == bool:
+        return out >= 0.5
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+    return out.astype(image.dtype)
+
+
+def _scaled_size(h, w, scale):
+    return int(round(h * scale)), int(round(w * scale))
+
+
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
+    """Resize (and pad or crop) an image, keeping the aspect ratio.
+
+    image: [H, W, C] (or [H, W]).  mode:
+      * "none": unchanged.
+      * "square": scale so the short side is >= min_dim (never shrink below 1 unless the long side
+        would exceed max_dim), at least ``min_scale``, then zero-pad to max_dim x max_dim.
+      * "pad64": scale like "square" without the max_dim cap, then zero-pad each side to a
+        multiple of 64.
+      * "crop": scale by max(1, min_dim / short side, min_scale), then take a random
+        min_dim x min_dim crop (seeded by ``rng``, a ``np.random.Generator``).
+    Returns image (same dtype), window (y1, x1, y2, x2) of the image inside the output, scale
+    (float), padding [(top, bottom), (left, right), (0, 0)] and crop (y, x, h, w) or None.
+    """
+    image = np.asarray(image)
+    if mode not in _MODES:
+        raise ValueError(f"resize_image: mode must be one of {_MODES}, got {mode!r}")
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        raise ValueError(f"resize_image: expected an [H, W, C] image, got shape {image.shape}")
+    h, w = image.shape[:2]
+    window = (0, 0, h, w)
+    scale = 1.0
+    padding = [(0, 0), (0, 0), (0, 0)][: image.ndim]
+    crop = None
+    if mode == "none":
+        return image, window, scale, padding, crop
+    if mode == "crop" and not min_dim:
+        raise ValueError("resize_image: mode 'crop' needs min_dim (the crop size, IMAGE_MIN_DIM)")
+    if mode == "square" and not max_dim:
+        raise ValueError("resize_image: mode 'square' needs max_dim (IMAGE_MAX_DIM)")
+    if min_dim:
+        scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = float(min_scale)
+    if max_dim and mode == "square":
+        if round(max(h, w) * scale) > max_dim:
+            scale = max_dim / max(h, w)
+    if scale != 1:
+        image = resize(image, _scaled_size(h, w, scale))
+    h, w = image.shape[:2]
+    if mode == "square":
+        top = (max_dim - h) // 2
+        left = (max_dim - w) // 2
+        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)][: image.ndim]
+        image = np.pad(image, padding, mode="constant", constant_values=0)
+        window = (top, left, top + h, left + w)
+    elif mode == "pad64":
+        ph = (-h) % 64
+        pw = (-w) % 64
+        top, left = ph // 2, pw // 2
+        padding = [(top, ph - top), (left, pw - left), (0, 0)][: image.ndim]
+        image = np.pad(image, padding, mode="constant", constant_values=0)
+        window = (top, left, top + h, left + w)
+    elif mode == "crop":
+        rng = np.random.default_rng() if rng is None else rng
+        if h < min_dim or w < min_dim:  # only possible through rounding; pad bottom/right
+            padding = [(0, max(0, min_dim - h)), (0, max(0, min_dim - w)), (0, 0)][: image.ndim]
+            image = np.pad(image, padding, mode="constant", constant_values=0)
+            h, w = image.shape[:2]
+        y = int(rng.integers(0, h - min_dim + 1))
+        x = int(rng.integers(0, w - min_dim + 1))
+        crop = (y, x, min_dim, min_dim)
+        image = image[y:y + min_dim, x:x + min_dim]
+        window = (0, 0, min_dim, min_dim)
+    return image, window, scale, padding, crop
+
+
+def _nearest_index(n_in, n_full, count, offset=0):
+    """Source rows of output pixels offset..offset+count when n_in pixels are resized to n_full
+    (pixel-centre aligned nearest neighbour, like skimage's order=0)."""
+    idx = np.floor((np.arange(offset, offset + count) + 0.5) * (n_in / n_full)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def resize_mask(mask, scale, padding, crop=None):
+    """Resize a mask stack like :func:`resize_image` did its image (nearest neighbour).
+
+    mask: [H, W, N] (bool or int); scale, padding, crop: as returned by :func:`resize_image`.
+    Returns [H', W', N] of mask.dtype whose H', W' match the resized image.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"resize_mask: expected an [H, W, N] stack, got shape {mask.shape}")
+    h, w = mask.shape[:2]
+    nh, nw = _scaled_size(h, w, scale)
+    pad = [tuple(p) for p in padding[:2]] + [(0, 0)]
+    if crop is not None:
+        y, x, ch, cw = crop
+        # padding (only used by crop mode through rounding) sits bottom/right of the scaled image
+        rows = _nearest_index(h, nh, min(ch, max(0, nh - y)), y)
+        cols = _nearest_index(w, nw, min(cw, max(0, nw - x)), x)
+        out = mask[rows[:, None], cols[None, :]]
+        if out.shape[:2] != (ch, cw):
+            out = np.pad(out, [(0, ch - out.shape[0]), (0, cw - out.shape[1]), (0, 0)])
+        return out
+    if scale != 1:
+        mask = mask[_nearest_index(h, nh, nh)[:, None], _nearest_index(w, nw, nw)[None, :]]
+    if any(p != (0, 0) for p in pad):
+        mask = np.pad(mask, pad, mode="constant", constant_values=0)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------- boxes
+def extract_bboxes(mask):
+    """Bounding boxes of the instances of a mask stack.
+
+    mask: [H, W, N] (nonzero = inside).  Returns [N, 4] int32 (y1, x1, y2, x2) with y2/x2 exclusive;
+    all zeros for an empty mask.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"extract_bboxes: expected an [H, W, N] stack, got shape {mask.shape}")
+    h, w, n = mask.shape
+    if n == 0:
+        return np.zeros((0, 4), np.int32)
+    rows = mask.any(axis=1)  # [H, N]
+    cols = mask.any(axis=0)  # [W, N]
+    present = rows.any(axis=0)
+    y1 = rows.argmax(axis=0)
+    y2 = h - rows[::-1].argmax(axis=0)
+    x1 = cols.argmax(axis=0)
+    x2 = w - cols[::-1].argmax(axis=0)
+    boxes = np.stack([y1, x1, y2, x2], axis=1).astype(np.int32)
+    boxes[~present] = 0
+    return boxes
+
+
+# ---------------------------------------------------------------------------------------- bilinear
+def _axis_samples(start, size, n_out):
+    """Bilinear sample positions along one axis: [K, n_out] low index, high index, weight."""
+    pos = (np.arange(n_out)[None, :] + 0.5) * (size[:, None] / n_out) - 0.5
+    pos = np.clip(pos, 0, (size - 1)[:, None])
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, (size - 1)[:, None])
+    frac = pos - lo
+    return start[:, None] + lo, start[:, None] + hi, frac
+
+
+def _bilinear_crops(mask, boxes, out_shape):
+    """Bilinear resize of each instance's box content to out_shape, all at once.
+
+    mask: [H, W, N]; boxes: [N, 4] int (non-empty); out_shape: (h, w).  Returns [N, h, w] float32
+    (pixel-centre aligned, edge-clamped inside each box).
+    """
+    boxes = np.asarray(boxes, dtype=np.int64)
+    n = len(boxes)
+    mh, mw = int(out_shape[0]), int(out_shape[1])
+    y0, y1i, fy = _axis_samples(boxes[:, 0], boxes[:, 2] - boxes[:, 0], mh)
+    x0, x1i, fx = _axis_samples(boxes[:, 1], boxes[:, 3] - boxes[:, 1], mw)
+    k = np.arange(n)[:, None, None]
+    src = mask.astype(np.float32, copy=False) if mask.dtype != np.float32 else mask
+    a = src[y0[:, :, None], x0[:, None, :], k]
+    b = src[y0[:, :, None], x1i[:, None, :], k]
+    c = src[y1i[:, :, None], x0[:, None, :], k]
+    d = src[y1i[:, :, None], x1i[:, None, :], k]
+    fy = fy[:, :, None].astype(np.float32)
+    fx = fx[:, None, :].astype(np.float32)
+    top = a + (b - a) * fx
+    bottom = c + (d - c) * fx
+    return top + (bottom - top) * fy
+
+
+def _check_bbox(bbox, n, name):
+    bbox = np.asarray(bbox)
+    if bbox.shape != (n, 4):
+        raise ValueError(f"{name}: bbox must be [N, 4] with N = number of masks ({n}), "
+                         f"got shape {bbox.shape}")
+    return bbox.astype(np.int64)
+
+
+def minimize_mask(bbox, mask, mini_shape):
+    """Crop each mask to its box and resize it to ``mini_shape`` (saves memory in training).
+
+    bbox: [N, 4] from :func:`extract_bboxes`; mask: [H, W, N]; mini_shape: (h, w).
+    Returns [h, w, N] bool (bilinear, threshold 0.5).  Raises for empty boxes.
+    """
+    mask = np.asarray(mask)
+    n = mask.shape[-1]
+    bbox = _check_bbox(bbox, n, "minimize_mask")
+    mh, mw = int(mini_shape[0]), int(mini_shape[1])
+    if n == 0:
+        return np.zeros((mh, mw, 0), bool)
+    empty = (bbox[:, 2] <= bbox[:, 0]) | (bbox[:, 3] <= bbox[:, 1])
+    if np.any(empty):
+        raise ValueError(f"minimize_mask: instances {np.flatnonzero(empty).tolist()} have empty "
+                         "boxes; drop empty masks before minimizing")
+    soft = _bilinear_crops(mask.astype(bool, copy=False), bbox, (mh, mw))
+    return np.ascontiguousarray((soft >= 0.5).transpose(1, 2, 0))
+
+
+def _paste(soft_fn, bbox, image_shape, n):
+    """Shared vectorised paste: soft_fn(k, rr, cc) gives values of instance k at box pixels."""
+    H, W = int(image_shape[0]), int(image_shape[1])
+    out = np.zeros((H, W, n), bool)
+    y1 = np.clip(bbox[:, 0], 0, H)
+    x1 = np.clip(bbox[:, 1], 0, W)
+    y2 = np.clip(bbox[:, 2], 0, H)
+    x2 = np.clip(bbox[:, 3], 0, W)
+    hh = np.maximum(y2 - y1, 0)
+    ww = np.maximum(x2 - x1, 0)
+    counts = hh * ww
+    total = int(counts.sum())
+    if total == 0:
+        return out
+    inst = np.repeat(np.arange(n), counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    local = np.arange(total) - np.repeat(offsets, counts)
+    wrep = ww[inst]
+    rr = y1[inst] + local // wrep
+    cc = x1[inst] + local % wrep
+    out[rr, cc, inst] = soft_fn(inst, rr, cc)
+    return out
+
+
+def _bilinear_at(minis, bbox, inst, rr, cc):
+    """Sample mini masks [N, h, w] (float) at full-image pixels (rr, cc) of instance inst."""
+    mh, mw = minis.shape[1:]
+    bh = (bbox[inst, 2] - bbox[inst, 0]).astype(np.float64)
+    bw = (bbox[inst, 3] - bbox[inst, 1]).astype(np.float64)
+    py = np.clip((rr - bbox[inst, 0] + 0.5) * (mh / bh) - 0.5, 0, mh - 1)
+    px = np.clip((cc - bbox[inst, 1] + 0.5) * (mw / bw) - 0.5, 0, mw - 1)
+    y0 = np.floor(py).astype(np.int64)
+    x0 = np.floor(px).astype(np.int64)
+    y1 = np.minimum(y0 + 1, mh - 1)
+    x1 = np.minimum(x0 + 1, mw - 1)
+    fy = py - y0
+    fx = px - x0
+    top = minis[inst, y0, x0] * (1 - fx) + minis[inst, y0, x1] * fx
+    bottom = minis[inst, y1, x0] * (1 - fx) + minis[inst, y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def expand_mask(bbox, mini_mask, image_shape):
+    """Inverse of :func:`minimize_mask`: resize each mini mask into its box of a full image.
+
+    bbox: [N, 4]; mini_mask: [h, w, N]; image_shape: (H, W[, C]).  Returns [H, W, N] bool.
+    """
+    mini_mask = np.asarray(mini_mask)
+    n = mini_mask.shape[-1]
+    bbox = _check_bbox(bbox, n, "expand_mask")
+    minis = np.moveaxis(mini_mask, -1, 0).astype(np.float32)
+    return _paste(lambda inst, rr, cc: _bilinear_at(minis, bbox, inst, rr, cc) >= 0.5,
+                  bbox, image_shape, n)
+
+
+def unmold_mask(mask, bbox, image_shape, threshold=0.5):
+    """Turn a mask-head output into a full-size mask.
+
+    mask: [h, w] float in [0, 1] (e.g. 28x28); bbox: (y1, x1, y2, x2) pixel box in the image;
+    image_shape: (H, W[, C]).  Returns [H, W] bool (the resized mask >= threshold, inside bbox).
+    """
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim != 2:
+        raise ValueError(f"unmold_mask: expected a [h, w] mask, got shape {mask.shape}")
+    box = np.asarray(bbox, dtype=np.int64).reshape(1, 4)
+    minis = mask[None]
+    out = _paste(lambda inst, rr, cc: _bilinear_at(minis, box, inst, rr, cc) >= threshold,
+                 box, image_shape, 1)
+    return out[:, :, 0]
+
+
+# ---------------------------------------------------------------------------------------- meta
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale, active_class_ids):
+    """Pack image attributes into one float32 vector.
+
+    Layout: image_id (1), original_image_shape (3), image_shape (3), window (4, y1 x1 y2 x2 in the
+    molded image), scale (1), active_class_ids (NUM_CLASSES).  Returns [1+3+3+4+1+NUM_CLASSES].
+    """
+    orig = list(original_image_shape)
+    shape = list(image_shape)
+    if len(orig) != 3 or len(shape) != 3:
+        raise ValueError("compose_image_meta: original_image_shape and image_shape must be "
+                         f"(H, W, C); got {tuple(orig)} and {tuple(shape)}")
+    return np.array([image_id] + orig + shape + list(window) + [scale] + list(active_class_ids),
+                    dtype=np.float32)
+
+
+def parse_image_meta(meta):
+    """Unpack :func:`compose_image_meta` vectors.
+
+    meta: [M] or [B, M].  Returns a dict of NumPy arrays with the leading batch shape: image_id
+    int32, original_image_shape [3] int32, image_shape [3] int32, window [4] int32, scale float32,
+    active_class_ids [NUM_CLASSES] int32.
+    """
+    meta = np.asarray(meta)
+    if meta.shape[-1] < 13:
+        raise ValueError(f"parse_image_meta: meta vectors need 12 + NUM_CLASSES values, got "
+                         f"{meta.shape[-1]}")
+    return {
+        "image_id": meta[..., 0].astype(np.int32),
+        "original_image_shape": meta[..., 1:4].astype(np.int32),
+        "image_shape": meta[..., 4:7].astype(np.int32),
+        "window": meta[..., 7:11].astype(np.int32),
+        "scale": meta[..., 11].astype(np.float32),
+        "active_class_ids": meta[..., 12:].astype(np.int32),
+    }
+
+
+def mold_image(images, config):
+    """images [..., C] uint8 -> float32 minus config.MEAN_PIXEL (C values)."""
+    images = np.asarray(images)
+    mean = np.asarray(config.MEAN_PIXEL, np.float32)
+    if images.shape[-1] != mean.shape[-1]:
+        raise ValueError(f"mold_image: images have {images.shape[-1]} channels but "
+                         f"config.MEAN_PIXEL has {mean.shape[-1]} values (IMAGE_CHANNEL_COUNT)")
+    return images.astype(np.float32) - mean
+
+
+def unmold_image(normalized_images, config):
+    """Inverse of :func:`mold_image`: add MEAN_PIXEL, round and clip to uint8."""
+    out = np.asarray(normalized_images, np.float32) + np.asarray(config.MEAN_PIXEL, np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def norm_boxes(boxes, shape):
+    """Pixel boxes [..., 4] -> normalised float32: (y1, x1, y2 - 1, x2 - 1) / (h-1, w-1, h-1, w-1).
+
+    shape: (h, w) of the image the boxes are in.
+    """
+    h, w = shape[:2]
+    scale = np.array([h - 1, w - 1, h - 1, w - 1], np.float32)
+    shift = np.array([0, 0, 1, 1], np.float32)
+    return ((np.asarray(boxes, np.float32) - shift) / scale).astype(np.float32)
+
+
+def denorm_boxes(boxes, shape):
+    """Inverse of :func:`norm_boxes`: normalised [..., 4] -> int32 pixel boxes (rounded)."""
+    h, w = shape[:2]
+    scale = np.array([h - 1, w - 1, h - 1, w - 1], np.float32)
+    shift = np.array([0, 0, 1, 1], np.float32)
+    return np.around(np.asarray(boxes, np.float32) * scale + shift).astype(np.int32)
