@@ -1,0 +1,519 @@
+"""Metrics against brute-force loop implementations written here, plus hand-made cases."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from mrcnn_nuclei import metrics as M
+
+SEEDS = range(20)
+THRESHOLDS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+# --------------------------------------------------------------------------- random images
+def random_label(rng, size=64, n=10):
+    """Label image with ~n ellipses painted in order (later ones cover earlier ones)."""
+    yy, xx = np.mgrid[:size, :size]
+    label = np.zeros((size, size), np.int32)
+    for k in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(3, 9, 2)
+        label[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = k + 1
+    return label
+
+
+def perturb(rng, gt):
+    """A plausible prediction: shifted, some nuclei dropped, extra blobs, ids shuffled."""
+    dy, dx = rng.integers(-2, 3, 2)
+    pred = np.roll(gt, (dy, dx), axis=(0, 1))
+    ids = np.unique(pred)[1:]
+    drop = rng.random(ids.size) < 0.2
+    pred[np.isin(pred, ids[drop])] = 0
+    extra = random_label(rng, gt.shape[0], 3)
+    pred = np.where((extra > 0) & (pred == 0), extra + 100, pred)
+    new_ids = rng.permutation(500)[:pred.max() + 1] + 1
+    new_ids[0] = 0
+    return new_ids[pred]
+
+
+def pairs(seed):
+    rng = np.random.default_rng(seed)
+    gt = random_label(rng, 64, int(rng.integers(6, 14)))
+    return gt, perturb(rng, gt)
+
+
+# --------------------------------------------------------------------------- brute force
+def bf_ious(gt, pred):
+    """Dict-free loops: ids and IoU / intersection / union matrices, pixel-wise per pair."""
+    g_ids = [v for v in np.unique(gt) if v != 0]
+    p_ids = [v for v in np.unique(pred) if v != 0]
+    iou = np.zeros((len(g_ids), len(p_ids)))
+    inter = np.zeros_like(iou)
+    union = np.zeros_like(iou)
+    for i, g in enumerate(g_ids):
+        gm = gt == g
+        for j, p in enumerate(p_ids):
+            pm = pred == p
+            inter[i, j] = np.logical_and(gm, pm).sum()
+            union[i, j] = np.logical_or(gm, pm).sum()
+            iou[i, j] = inter[i, j] / union[i, j]
+    g_area = [int((gt == g).sum()) for g in g_ids]
+    p_area = [int((pred == p).sum()) for p in p_ids]
+    return iou, inter, union, g_area, p_area
+
+
+def bf_match(iou, t):
+    out = []
+    for i in range(iou.shape[0]):
+        for j in range(iou.shape[1]):
+            if iou[i, j] > t:
+                out.append((i, j, iou[i, j]))
+    return out
+
+
+def bf_dsb(gt, pred):
+    iou, *_ = bf_ious(gt, pred)
+    ng, np_ = iou.shape
+    if ng == 0 and np_ == 0:
+        return 1.0
+    scores = []
+    for t in THRESHOLDS:
+        tp = len(bf_match(iou, t))
+        scores.append(tp / (tp + (np_ - tp) + (ng - tp)))
+    return sum(scores) / len(scores)
+
+
+def bf_aji(gt, pred):
+    iou, inter, union, g_area, p_area = bf_ious(gt, pred)
+    c = u = 0.0
+    used = set()
+    for i in range(iou.shape[0]):
+        best, bj = 0.0, None
+        for j in range(iou.shape[1]):
+            if iou[i, j] > best:
+                best, bj = iou[i, j], j
+        if bj is None:
+            u += g_area[i]
+        else:
+            c += inter[i, bj]
+            u += union[i, bj]
+            used.add(bj)
+    for j in range(iou.shape[1]):
+        if j not in used:
+            u += p_area[j]
+    return c / u
+
+
+def bf_aji_plus(gt, pred):
+    iou, inter, union, g_area, p_area = bf_ious(gt, pred)
+    rows, cols = linear_sum_assignment(-iou)
+    c = u = 0.0
+    gl, pl = set(range(iou.shape[0])), set(range(iou.shape[1]))
+    for i, j in zip(rows, cols):
+        if iou[i, j] > 0:
+            c += inter[i, j]
+            u += union[i, j]
+            gl.discard(i)
+            pl.discard(j)
+    u += sum(g_area[i] for i in gl) + sum(p_area[j] for j in pl)
+    return c / u
+
+
+def bf_pq(gt, pred):
+    iou, *_ = bf_ious(gt, pred)
+    m = bf_match(iou, 0.5)
+    tp = len(m)
+    fp, fn = iou.shape[1] - tp, iou.shape[0] - tp
+    dq = tp / (tp + fp / 2 + fn / 2)
+    sq = sum(v for *_, v in m) / tp if tp else 0.0
+    return dq * sq, dq, sq
+
+
+def bf_dice(gt, pred):
+    a = b = both = 0
+    for y in range(gt.shape[0]):
+        for x in range(gt.shape[1]):
+            a += gt[y, x] > 0
+            b += pred[y, x] > 0
+            both += (gt[y, x] > 0) and (pred[y, x] > 0)
+    return 2 * both / (a + b)
+
+
+# --------------------------------------------------------------------------- random-image tests
+@pytest.mark.parametrize("seed", SEEDS)
+def test_against_brute_force(seed):
+    gt, pred = pairs(seed)
+    iou, *_ = bf_ious(gt, pred)
+    assert M.dsb_score(gt, pred) == pytest.approx(bf_dsb(gt, pred), abs=1e-12)
+    assert M.aji(gt, pred) == pytest.approx(bf_aji(gt, pred), abs=1e-12)
+    assert M.aji_plus(gt, pred) == pytest.approx(bf_aji_plus(gt, pred), abs=1e-12)
+    assert M.panoptic_quality(gt, pred) == pytest.approx(bf_pq(gt, pred), abs=1e-12)
+    assert M.dice(gt, pred) == pytest.approx(bf_dice(gt, pred), abs=1e-12)
+    m = bf_match(iou, 0.5)
+    expect_miou = np.mean([v for *_, v in m]) if m else np.nan
+    assert M.matched_mean_iou(gt, pred) == pytest.approx(expect_miou, abs=1e-12, nan_ok=True)
+    f1 = 2 * len(m) / (iou.shape[0] + iou.shape[1])
+    assert M.f1_detection(gt, pred) == pytest.approx(f1, abs=1e-12)
+    # the contingency IoU matrix itself
+    c = M.Contingency(gt, pred)
+    np.testing.assert_allclose(c.iou, iou, atol=1e-12)
+    # evaluate_all agrees with the single functions
+    allm = M.evaluate_all(gt, pred)
+    assert allm["dsb"] == pytest.approx(bf_dsb(gt, pred))
+    assert allm["aji_plus"] == pytest.approx(bf_aji_plus(gt, pred))
+    assert allm["tp"] == len(m) and allm["n_gt"] == iou.shape[0] and allm["n_pred"] == iou.shape[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_low_threshold_matching_is_optimal_assignment(seed):
+    """Below IoU 0.5 matching is the one-to-one pairing of maximal summed IoU (checked by enumeration)."""
+    rng = np.random.default_rng(100 + seed)
+    gt = random_label(rng, 40, 5)
+    pred = np.roll(gt, (3, 3), axis=(0, 1))
+    iou, *_ = bf_ious(gt, pred)
+    gi, pi, v = M.Contingency(gt, pred).match(0.0)
+    ng, np_ = iou.shape
+    best = 0.0
+    small, large = (ng, np_) if ng <= np_ else (np_, ng)
+    for perm in itertools.permutations(range(large), small):
+        total = sum(iou[i, j] if ng <= np_ else iou[j, i] for i, j in enumerate(perm))
+        best = max(best, total)
+    assert v.sum() == pytest.approx(best)
+    assert len(set(gi)) == gi.size and len(set(pi)) == pi.size
+
+
+def test_aji_reuses_a_prediction_but_aji_plus_does_not():
+    gt = np.zeros((10, 20), np.int32)
+    gt[2:8, 2:9] = 1
+    gt[2:8, 11:18] = 2
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:18] = 5  # one prediction covering both nuclei
+    a1, a2 = 42, 42
+    # AJI: both nuclei pick pred 5 -> C = 84, U = 2 * 96 (the merged area counted twice)
+    assert M.aji(gt, pred) == pytest.approx((a1 + a2) / (2 * 96))
+    # AJI+: one nucleus pairs with pred 5, the other is unmatched -> C = 42, U = 96 + 42
+    assert M.aji_plus(gt, pred) == pytest.approx(42 / (96 + 42))
+
+
+# --------------------------------------------------------------------------- hand-made cases
+def four_squares():
+    gt = np.zeros((40, 40), np.int32)
+    for k, (y, x) in enumerate([(2, 2), (2, 22), (22, 2), (22, 22)]):
+        gt[y:y + 10, x:x + 10] = k + 1
+    return gt
+
+
+def test_identical_scores_one():
+    gt = four_squares()
+    pred = gt * 7  # different ids, same instances
+    r = M.evaluate_all(gt, pred)
+    for key in ("dsb", "aji", "aji_plus", "pq", "dq", "sq", "dice", "matched_iou", "f1"):
+        assert r[key] == pytest.approx(1.0), key
+    assert M.coco_mask_ap([gt], [pred])["AP"] == pytest.approx(1.0)
+
+
+def test_one_missing_and_one_extra():
+    gt = four_squares()
+    pred = np.where(gt == 4, 0, gt)
+    assert M.dsb_score(gt, pred) == pytest.approx(3 / 4)
+    assert M.f1_detection(gt, pred) == pytest.approx(6 / 7)
+    assert M.panoptic_quality(gt, pred) == pytest.approx((6 / 7, 6 / 7, 1.0))
+    assert M.aji(gt, pred) == pytest.approx(300 / 400)
+    assert M.dice(gt, pred) == pytest.approx(600 / 700)
+    # the same pair swapped: an extra prediction
+    assert M.dsb_score(pred, gt) == pytest.approx(3 / 4)
+    assert M.aji(pred, gt) == pytest.approx(300 / 400)
+    r = M.evaluate_all(pred, gt)
+    assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
+
+
+def test_shifted_masks_known_iou():
+    gt = np.zeros((30, 30), np.int32)
+    gt[5:15, 5:15] = 1
+    pred = np.roll(gt, 2, axis=1)  # IoU = 80 / 120 = 2/3
+    assert M.matched_mean_iou(gt, pred) == pytest.approx(2 / 3)
+    assert M.dsb_score(gt, pred) == pytest.approx(4 / 10)  # t = .50 .55 .60 .65 pass
+    assert M.panoptic_quality(gt, pred) == pytest.approx((2 / 3, 1.0, 2 / 3))
+    assert M.aji(gt, pred) == pytest.approx(2 / 3)
+    assert M.dice(gt, pred) == pytest.approx(160 / 200)
+    pred4 = np.roll(gt, 4, axis=1)  # IoU = 60 / 140 < 0.5: no match
+    assert M.dsb_score(gt, pred4) == 0.0
+    assert M.panoptic_quality(gt, pred4) == (0.0, 0.0, 0.0)
+    assert np.isnan(M.matched_mean_iou(gt, pred4))
+    assert M.aji(gt, pred4) == pytest.approx(60 / 140)
+
+
+def test_empty_cases():
+    gt = four_squares()
+    empty = np.zeros_like(gt)
+    for a, b in ((gt, empty), (empty, gt)):
+        assert M.dsb_score(a, b) == 0.0
+        assert M.aji(a, b) == 0.0 and M.aji_plus(a, b) == 0.0
+        assert M.panoptic_quality(a, b) == (0.0, 0.0, 0.0)
+        assert M.dice(a, b) == 0.0 and M.f1_detection(a, b) == 0.0
+    assert M.dsb_score(empty, empty) == 1.0
+    assert M.dice(empty, empty) == 1.0
+    assert all(np.isnan(M.panoptic_quality(empty, empty)))
+    assert M.coco_mask_ap([gt], [empty])["AP"] == 0.0
+    assert np.isnan(M.coco_mask_ap([empty], [gt])["AP"])
+    assert M.dsb_score_dataset([gt, empty], [gt, empty]) == 1.0
+    assert M.dsb_score_dataset([gt, gt], [gt, empty]) == 0.5
+
+
+def test_stack_input_and_to_label():
+    gt = four_squares()
+    stack = np.stack([gt == k for k in (1, 2, 3, 4)], axis=-1)
+    np.testing.assert_array_equal(M.to_label(stack), gt)
+    assert M.dsb_score(stack, gt) == 1.0
+    over = np.zeros((5, 5, 2), bool)
+    over[1:4, 1:4, 0] = True
+    over[2:5, 2:5, 1] = True
+    lab = M.to_label(over)
+    assert lab[2, 2] == 2 and lab[1, 1] == 1 and lab[4, 4] == 2  # later channel wins
+    assert M.to_label(np.zeros((4, 4, 0), bool)).sum() == 0
+
+
+def test_bad_input_errors():
+    gt = four_squares()
+    with pytest.raises(ValueError, match="same image"):
+        M.dsb_score(gt, gt[:-1])
+    with pytest.raises(TypeError, match="integer dtype"):
+        M.aji(gt.astype(np.float32), gt)
+    with pytest.raises(ValueError, match=">= 0"):
+        M.panoptic_quality(gt, -gt)
+    with pytest.raises(TypeError, match="foreground mask"):
+        M.dice(gt > 0, gt)
+    with pytest.raises(ValueError, match="label image"):
+        M.dice(gt[None, None], gt)
+    with pytest.raises(ValueError, match="scores"):
+        M.coco_mask_ap([gt], [gt], scores=[[1.0]])
+
+
+# --------------------------------------------------------------------------- COCO AP
+def test_coco_ap_matches_cocoeval_run_directly():
+    from pycocotools import mask as mu
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(7)
+    gts, preds, scores = [], [], []
+    for s in range(6):
+        gt, pred = pairs(200 + s)
+        gts.append(gt)
+        preds.append(pred)
+        scores.append(rng.random(len(np.unique(pred)) - 1))
+    ours = M.coco_mask_ap(gts, preds, scores, max_dets=(1, 10, 100))
+
+    images, anns, dets = [], [], []
+    for i, (g, p, sc) in enumerate(zip(gts, preds, scores)):
+        images.append({"id": i + 1, "height": 64, "width": 64})
+        for v in np.unique(g)[1:]:
+            rle = mu.encode(np.asfortranarray((g == v).astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1,
+                         "segmentation": rle, "area": float(mu.area(rle)),
+                         "bbox": list(mu.toBbox(rle)), "iscrowd": 0})
+        for v, score in zip(np.unique(p)[1:], sc):
+            rle = mu.encode(np.asfortranarray((p == v).astype(np.uint8)))
+            dets.append({"image_id": i + 1, "category_id": 1, "segmentation": rle,
+                         "score": float(score)})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1}]}
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(dets), "segm")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ours["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
+    assert ours["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)
+    assert ours["AP75"] == pytest.approx(ev.stats[2], abs=1e-12)
+    assert 0.05 < ours["AP"] < 0.95  # a non-trivial case
+
+
+def test_coco_ap_stack_input_equals_label_input():
+    gt, pred = pairs(3)
+    ids = np.unique(pred)[1:]
+    stack = np.stack([pred == v for v in ids], axis=-1)
+    s = np.linspace(1, 0.1, ids.size)
+    assert M.coco_mask_ap([gt], [stack], [s]) == M.coco_mask_ap([gt], [pred], [s])
+
+
+# --------------------------------------------------------------------------- Matterport API
+def bf_compute_ap(gt_masks, gt_cls, pred_masks, pred_cls, scores, thr):
+    """Matterport's greedy matching and VOC AP, written as plain loops."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    ng = gt_masks.shape[-1]
+    gt_used = [False] * ng
+    hits = []
+    for i in order:
+        pm = pred_masks[..., i]
+        ious = []
+        for j in range(ng):
+            gm = gt_masks[..., j]
+            ious.append((pm & gm).sum() / (pm | gm).sum())
+        matched = False
+        for j in sorted(range(ng), key=lambda j: -ious[j]):
+            if gt_used[j]:
+                continue
+            if ious[j] < thr:
+                break
+            if pred_cls[i] == gt_cls[j]:
+                gt_used[j] = matched = True
+                break
+        hits.append(matched)
+    tp = 0
+    prec, rec = [0.0], [0.0]
+    for k, h in enumerate(hits):
+        tp += h
+        prec.append(tp / (k + 1))
+        rec.append(tp / ng)
+    prec.append(0.0)
+    rec.append(1.0)
+    for k in range(len(prec) - 2, -1, -1):
+        prec[k] = max(prec[k], prec[k + 1])
+    ap = 0.0
+    for k in range(1, len(rec)):
+        if rec[k] != rec[k - 1]:
+            ap += (rec[k] - rec[k - 1]) * prec[k]
+    return ap
+
+
+def boxes_of(masks):
+    out = []
+    for k in range(masks.shape[-1]):
+        ys, xs = np.nonzero(masks[..., k])
+        out.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+    return np.array(out).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_compute_ap_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    gt, pred = pairs(seed)
+    gm = np.stack([gt == v for v in np.unique(gt)[1:]], axis=-1)
+    pm = np.stack([pred == v for v in np.unique(pred)[1:]], axis=-1)
+    gc = rng.integers(1, 3, gm.shape[-1])
+    pc = rng.integers(1, 3, pm.shape[-1]) if seed % 2 else np.ones(pm.shape[-1], int)
+    gc = gc if seed % 2 else np.ones(gm.shape[-1], int)
+    sc = rng.random(pm.shape[-1])
+    for thr in (0.5, 0.75):
+        ap, precisions, recalls, overlaps = M.compute_ap(
+            boxes_of(gm), gc, gm, boxes_of(pm), pc, sc, pm, iou_threshold=thr)
+        assert ap == pytest.approx(bf_compute_ap(gm, gc, pm, pc, sc, thr), abs=1e-6)
+        assert overlaps.shape == (pm.shape[-1], gm.shape[-1])
+        assert precisions.shape == recalls.shape == (pm.shape[-1] + 2,)
+    rng_ap = M.compute_ap_range(boxes_of(gm), gc, gm, boxes_of(pm), pc, sc, pm, verbose=0)
+    expect = np.mean([bf_compute_ap(gm, gc, pm, pc, sc, t) for t in np.arange(0.5, 1.0, 0.05)])
+    assert rng_ap == pytest.approx(expect, abs=1e-6)
+
+
+def test_compute_ap_drops_zero_padding_and_perfect_case():
+    gt = four_squares()
+    gm = np.stack([gt == k for k in (1, 2, 3, 4)], axis=-1)
+    boxes = boxes_of(gm)
+    padded_boxes = np.concatenate([boxes, np.zeros((2, 4), int)])
+    padded_masks = np.concatenate([gm, np.zeros((40, 40, 2), bool)], axis=-1)
+    ap, *_ = M.compute_ap(padded_boxes, [1, 1, 1, 1, 0, 0], padded_masks, boxes, [1] * 4,
+                          [0.9, 0.8, 0.7, 0.6], gm)
+    assert ap == pytest.approx(1.0)
+
+
+def test_compute_recall():
+    gt_boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
+    pred = np.array([[0, 0, 10, 10], [0, 1, 10, 11], [20, 25, 30, 35], [60, 60, 70, 70]])
+    recall, pos = M.compute_recall(pred, gt_boxes, 0.5)
+    # pred 0 (IoU 1), pred 1 (IoU 90/110) hit gt 0; pred 2 has IoU 50/150 with gt 1
+    assert recall == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(pos, [0, 1])
+
+
+def test_compute_overlaps_masks_brute_force():
+    gt, pred = pairs(11)
+    gm = np.stack([gt == v for v in np.unique(gt)[1:]], axis=-1)
+    pm = np.stack([pred == v for v in np.unique(pred)[1:]], axis=-1)
+    iou, *_ = bf_ious(gt, pred)
+    np.testing.assert_allclose(M.compute_overlaps_masks(gm, pm), iou, atol=1e-12)
+    assert M.compute_overlaps_masks(gm, pm[..., :0]).shape == (gm.shape[-1], 0)
+
+
+# --------------------------------------------------------------------------- PanNuke
+def bf_pannuke(per_image_pqs, tissues):
+    groups = {}
+    for v, t in zip(per_image_pqs, tissues):
+        groups.setdefault(t, []).append(v)
+    per_t = {}
+    for t, vals in groups.items():
+        vals = [v for v in vals if not np.isnan(v)]
+        per_t[t] = sum(vals) / len(vals) if vals else np.nan
+    vals = [v for v in per_t.values() if not np.isnan(v)]
+    return sum(vals) / len(vals), per_t
+
+
+def typed_pair(seed, n_classes=5):
+    """PanNuke-like stacks [H, W, 6]: channel c holds the instances of class c + 1."""
+    rng = np.random.default_rng(seed)
+    gt, pred = pairs(seed)
+    g_cls = rng.integers(1, n_classes + 1, gt.max() + 1)
+    p_cls = g_cls.copy() if pred.max() <= gt.max() else rng.integers(1, n_classes + 1,
+                                                                       pred.max() + 1)
+    flip = rng.random(p_cls.size) < 0.2
+    p_cls[flip] = rng.integers(1, n_classes + 1, flip.sum())
+    gs = np.zeros(gt.shape + (6,), np.int32)
+    ps = np.zeros(pred.shape + (6,), np.int32)
+    for c in range(n_classes):
+        gs[..., c] = np.where((gt > 0) & (g_cls[gt] == c + 1), gt, 0)
+        ps[..., c] = np.where((pred > 0) & (p_cls[pred] == c + 1), pred, 0)
+    gs[..., 5] = gt == 0
+    ps[..., 5] = pred == 0
+    return gs, ps
+
+
+def test_pannuke_mpq_and_bpq_against_brute_force():
+    tissues = ["Breast", "Colon", "Breast", "Lung", "Colon", "Lung", "Lung"]
+    gts, preds, m_img, b_img = [], [], [], []
+    for s, _ in enumerate(tissues):
+        gs, ps = typed_pair(300 + s)
+        if s == 6:
+            gs[..., :5] = 0  # empty ground truth: skipped by both metrics
+        gts.append(gs)
+        preds.append(ps)
+        pqs = []
+        for c in range(5):
+            if gs[..., c].max() == 0:
+                pqs.append(np.nan)
+            else:
+                pqs.append(bf_pq(gs[..., c], ps[..., c])[0])
+        valid = [v for v in pqs if not np.isnan(v)]
+        m_img.append(sum(valid) / len(valid) if valid else np.nan)
+        gb = np.zeros(gs.shape[:2], int)
+        pb = np.zeros(gs.shape[:2], int)
+        for c in range(5):  # later channels overwrite earlier ones, ids kept unique
+            gb = np.where(gs[..., c] > 0, gs[..., c] + 1000 * (c + 1), gb)
+            pb = np.where(ps[..., c] > 0, ps[..., c] + 1000 * (c + 1), pb)
+        b_img.append(bf_pq(gb, pb)[0] if gb.max() else np.nan)
+    mpq, per_t = M.pannuke_mpq(gts, preds, tissues)
+    exp_m, exp_t = bf_pannuke(m_img, tissues)
+    assert mpq == pytest.approx(exp_m)
+    assert per_t == pytest.approx(exp_t)
+    bpq, per_tb = M.pannuke_bpq(gts, preds, tissues)
+    exp_b, exp_tb = bf_pannuke(b_img, tissues)
+    assert bpq == pytest.approx(exp_b)
+    assert per_tb == pytest.approx(exp_tb)
+    assert 0.0 < mpq < bpq < 1.0  # random prediction classes: mPQ well below bPQ
+
+
+def test_pannuke_label_class_map_pairs_equal_stacks():
+    gs, ps = typed_pair(5)
+    def to_pair(s):
+        label = np.zeros(s.shape[:2], np.int64)
+        cls = np.zeros(s.shape[:2], np.int64)
+        for c in range(5):
+            label = np.where(s[..., c] > 0, s[..., c] + 1000 * c, label)
+            cls = np.where(s[..., c] > 0, c + 1, cls)
+        return label, cls
+    a = M.pannuke_mpq([gs], [ps], ["X"])
+    b = M.pannuke_mpq([to_pair(gs)], [to_pair(ps)], ["X"])
+    assert a[0] == pytest.approx(b[0])
+    with pytest.raises(ValueError, match="one entry per image"):
+        M.pannuke_mpq([gs], [ps], ["X", "Y"])
