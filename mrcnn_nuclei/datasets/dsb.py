@@ -1,0 +1,236 @@
+"""Kaggle 2018 Data Science Bowl (BBBC038) stage-1 nuclei, in the original Kaggle layout.
+
+Layout read by :meth:`DSBDataset.load`::
+
+    <root>/stage1_train/<id>/images/<id>.png     RGBA (or RGB/grey) image
+    <root>/stage1_train/<id>/masks/*.png         one binary PNG per nucleus, same size as the image
+    <root>/val_ids.txt                           optional: ids of the validation split
+    <root>/image_groups.tsv                      optional: image_id, group, n_masks
+
+``root`` may also be the ``stage1_train`` folder itself (or any folder of ``<id>/images``).
+Masks can instead come from a Kaggle run-length CSV (``stage1_train_labels.csv`` or the stage-1
+solution: ``ImageId,EncodedPixels[,Height,Width,...]``; pixels numbered from 1, top to bottom then
+left to right); see :func:`rle_decode`.
+
+The real masks overlap by 1-2 px in a few images (e.g. ``72e8c49d...``). They are returned as
+given (a pixel may be ``True`` in two masks); resolving overlaps is left to the consumer.
+Images use source ``"nucleus"`` and class 1 ``"nucleus"``, as Matterport's nucleus sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.convert import read_image
+from ..data.dataset import Dataset
+
+__all__ = ["DSBDataset", "rle_decode", "read_rle_csv"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "nucleus"
+
+
+def rle_decode(rle_string, shape):
+    """Kaggle run-length string -> ``[H, W]`` bool mask.
+
+    rle_string: ``"start length start length ..."``, starts 1-based, pixels numbered in
+    column-major order (down the first column, then the next). Empty/None -> all False.
+    shape: ``(H, W)``.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    size = height * width
+    if rle_string is None or (isinstance(rle_string, float) and np.isnan(rle_string)):
+        return np.zeros((height, width), bool)
+    values = np.array(str(rle_string).split(), dtype=np.int64)
+    if values.size % 2:
+        raise ValueError(f"run-length string has an odd number of values ({values.size}); "
+                         "expected 'start length' pairs")
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if values.size and (starts.min() < 0 or lengths.min() < 0 or (starts + lengths).max() > size):
+        raise ValueError(f"run-length string runs outside an image of {height}x{width} pixels "
+                         "(starts are 1-based; check Height/Width or the image size)")
+    edges = np.zeros(size + 1, np.int32)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, starts + lengths, -1)
+    flat = np.cumsum(edges[:-1]) > 0
+    return flat.reshape((width, height)).T
+
+
+def read_rle_csv(path):
+    """Read a Kaggle run-length CSV -> ``{image_id: {"rles": [str, ...], "shape": (H, W) or None}}``.
+
+    Rows with an empty ``EncodedPixels`` add no mask. Insertion order follows the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"run-length CSV not found: {path}")
+    out = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "ImageId" not in fields or "EncodedPixels" not in fields:
+            raise ValueError(f"{path}: needs the columns ImageId and EncodedPixels (found {fields})")
+        has_shape = "Height" in fields and "Width" in fields
+        for row in reader:
+            entry = out.setdefault(row["ImageId"], {"rles": [], "shape": None})
+            rle = (row["EncodedPixels"] or "").strip()
+            if rle:
+                entry["rles"].append(rle)
+            if has_shape and row["Height"] and row["Width"]:
+                entry["shape"] = (int(row["Height"]), int(row["Width"]))
+    return out
+
+
+def _image_root(root):
+    """Folder holding the ``<id>/images`` folders, and the folder holding the split files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DSB root folder not found: {root} (pass the folder that holds "
+                                "stage1_train/, or stage1_train itself)")
+    if (root / "stage1_train").is_dir():
+        return root / "stage1_train", root
+    return root, root.parent
+
+
+def _read_ids(ids, what):
+    if isinstance(ids, (str, os.PathLike)):
+        path = Path(ids)
+        if not path.is_file():
+            raise FileNotFoundError(f"id file not found: {path} (one image id per line)")
+        ids = [line.strip() for line in path.read_text().splitlines()]
+        ids = [i for i in ids if i and not i.startswith("#")]
+        what = str(path)
+    ids = [str(i) for i in ids]
+    if not ids:
+        raise ValueError(f"empty id list ({what}): give at least one image id")
+    return ids
+
+
+class DSBDataset(Dataset):
+    """DSB2018 stage-1 nuclei: ``ds.load(root, ids=None, subset=None)`` then ``ds.prepare()``."""
+
+    def load(self, root, ids=None, subset=None, solution_csv=None, skip_empty=False, channels=3):
+        """Register DSB images.
+
+        root: folder holding ``stage1_train/`` (or that folder itself). ids: list of ids or a path
+        to an id file (one per line). subset: ``"val"`` = ids of ``root/val_ids.txt``,
+        ``"train"`` = all others (not together with ``ids``). solution_csv: read masks from a
+        Kaggle run-length CSV instead of ``masks/*.png``. skip_empty: skip images without masks
+        (logged) instead of raising. channels: channels of ``load_image`` (default 3).
+        Returns ``self``.
+        """
+        image_root, split_root = _image_root(root)
+        if ids is not None and subset is not None:
+            raise ValueError("pass either ids= or subset=, not both (subset picks ids from "
+                             "val_ids.txt)")
+        if ids is None:
+            ids = sorted(p.name for p in image_root.iterdir() if (p / "images").is_dir())
+            if not ids:
+                raise ValueError(f"empty id list: no <id>/images folders in {image_root}")
+        else:
+            ids = _read_ids(ids, "ids=")
+        if subset is not None:
+            if subset not in ("train", "val"):
+                raise ValueError(f"subset must be 'train' or 'val', got {subset!r}")
+            candidates = [split_root / "val_ids.txt", image_root / "val_ids.txt"]
+            val_file = next((c for c in candidates if c.is_file()), candidates[0])
+            val = set(_read_ids(val_file, str(val_file)))
+            ids = [i for i in ids if (i in val) == (subset == "val")]
+            if not ids:
+                raise ValueError(f"subset {subset!r} of {image_root} is empty (val ids from "
+                                 f"{val_file})")
+        groups = self._read_groups(split_root, image_root)
+        labels = read_rle_csv(solution_csv) if solution_csv is not None else None
+
+        self.channel_count = int(channels)
+        self.add_class(SOURCE, 1, "nucleus")
+        skipped = []
+        for image_id in ids:
+            folder = image_root / image_id
+            image_path = folder / "images" / f"{image_id}.png"
+            if not folder.is_dir():
+                raise FileNotFoundError(f"image folder not found: {folder} (id {image_id!r})")
+            if not image_path.is_file():
+                raise FileNotFoundError(f"image file not found: {image_path}")
+            extra = {}
+            if labels is not None:
+                entry = labels.get(image_id)
+                if entry is None or not entry["rles"]:
+                    if skip_empty:
+                        skipped.append(image_id)
+                        continue
+                    raise ValueError(f"{solution_csv} has no masks for image {image_id} "
+                                     f"({folder}); pass skip_empty=True to skip such images")
+                extra = {"rles": entry["rles"], "rle_shape": entry["shape"]}
+            else:
+                mask_dir = folder / "masks"
+                names = sorted(n for n in os.listdir(mask_dir) if n.lower().endswith(".png")) \
+                    if mask_dir.is_dir() else []
+                if not names:
+                    if skip_empty:
+                        skipped.append(image_id)
+                        continue
+                    raise ValueError(f"no mask PNGs in {mask_dir} (image {image_id}); pass "
+                                     "skip_empty=True to skip images without masks")
+                extra = {"mask_paths": [str(mask_dir / n) for n in names]}
+            try:
+                with Image.open(image_path) as im:
+                    width, height = im.size
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"cannot read image file {image_path}: {exc}") from exc
+            self.add_image(SOURCE, image_id=image_id, path=str(image_path), height=height,
+                           width=width, group=groups.get(image_id), **extra)
+        if skipped:
+            logger.warning("DSBDataset: skipped %d image(s) without masks (first: %s)",
+                           len(skipped), skipped[0])
+        self.skipped = skipped
+        return self
+
+    @staticmethod
+    def _read_groups(*folders):
+        for folder in folders:
+            path = Path(folder) / "image_groups.tsv"
+            if path.is_file():
+                with open(path, newline="") as f:
+                    rows = csv.DictReader(f, delimiter="\t")
+                    return {row["image_id"]: row.get("group") for row in rows if row.get("image_id")}
+        return {}
+
+    def load_mask(self, image_id):
+        """Masks ``[H, W, N]`` bool (as given; may overlap by 1-2 px) and ``[N]`` int32 ones."""
+        info = self._info(image_id)
+        if info["source"] != SOURCE:
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        if "rles" in info:
+            shape = info["rle_shape"] or (height, width)
+            if tuple(shape) != (height, width):
+                raise ValueError(f"run-length masks of {info['id']} are {shape[0]}x{shape[1]} but "
+                                 f"the image {info['path']} is {height}x{width}")
+            try:
+                masks = [rle_decode(rle, shape) for rle in info["rles"]]
+            except ValueError as exc:
+                raise ValueError(f"image {info['id']}: {exc}") from None
+        else:
+            masks = []
+            for path in info["mask_paths"]:
+                mask = read_image(path)
+                if mask.ndim == 3:
+                    mask = mask[:, :, :3].max(axis=2)
+                if mask.shape != (height, width):
+                    raise ValueError(f"mask {path} is {mask.shape[0]}x{mask.shape[1]} but its "
+                                     f"image {info['path']} is {height}x{width}; fix or remove it")
+                masks.append(mask > 0)
+        mask = np.stack(masks, axis=-1) if masks else np.zeros((height, width, 0), bool)
+        return mask, np.ones(mask.shape[-1], np.int32)
+
+    def image_reference(self, image_id):
+        """Path of the image file."""
+        return self._info(image_id)["path"]
