@@ -1,0 +1,541 @@
+"""Weight files: Matterport's legacy ``.h5`` files, Keras 3 native files, and where to find them.
+
+Three kinds of file load through :func:`load_weights`:
+
+* **Legacy Matterport Keras-2 HDF5** (``mask_rcnn_coco.h5``, checkpoints of the TF1 code).  The
+  root (or a ``model_weights`` group) has the attribute ``layer_names``; each layer has a group
+  whose attribute ``weight_names`` lists its variables (``conv1/kernel:0``).  Weights are matched
+  by *layer name* and, inside a layer, by *weight name* (``kernel``, ``bias``, ``gamma``, ``beta``,
+  ``moving_mean``, ``moving_variance``), never by position.  The nested ``rpn_model`` group
+  (``rpn_conv_shared/kernel:0`` ...) goes to the layers of the Keras model's ``rpn_model``
+  sub-model; TimeDistributed head names (``mrcnn_class_bn1/gamma:0``) go to the layer of that name,
+  whether the model wraps it in TimeDistributed or not.
+* **Keras-1-era ImageNet ResNet-50** (``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``):
+  same layer names, its own weight names (``conv1_W:0``, ``conv1_b:0``, ``bn_conv1_gamma:0``,
+  ``bn_conv1_running_mean:0``, ``bn_conv1_running_std:0``).  ``W``/``b`` map to kernel/bias and
+  ``running_mean``/``running_std`` to moving_mean/moving_variance (Keras 1 stored the variance
+  under the name ``running_std``; the values are used unchanged).
+* **Keras 3 native** ``.weights.h5`` written by :func:`save_weights`.  With ``by_name=False`` and
+  no ``exclude`` Keras' own ``load_weights`` reads it (same architecture required).  With
+  ``by_name=True`` or ``exclude`` the file is read with h5py: Keras 3 stores each layer's variables
+  as datasets ``0, 1, ...`` in a ``vars`` group whose attribute ``name`` is the layer name; a
+  wrapper's inner layer (TimeDistributed) sits below the wrapper's group.  Layers are matched by
+  name and, inside a layer, variables by that order (Keras fixes it per layer type), checking
+  every shape.
+
+Every load validates the whole file against the model *before* assigning anything, so a failing
+load never leaves a half-loaded model.  A shape mismatch on a layer that is not excluded raises
+:class:`ValueError` naming the layer, the weight and both shapes (and, for the class-count
+dependent heads, the ``exclude`` list to pass).
+
+:func:`save_weights` writes a Keras 3 native file atomically with the config JSON beside it;
+:func:`find_weights_file` finds ``mask_rcnn_coco.h5`` / the ImageNet ResNet-50 file on disk and
+never downloads anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "LoadReport", "load_weights", "save_weights", "config_path_beside", "load_config_beside",
+    "find_weights_file", "weights_search_dirs", "verify_weights_file", "file_kind",
+    "CLASS_SPECIFIC_LAYERS", "WEIGHT_FILES",
+]
+
+logger = logging.getLogger("mrcnn_nuclei.weights")
+
+#: Head layers whose shapes depend on NUM_CLASSES (Matterport's nucleus exclude list).
+CLASS_SPECIFIC_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
+
+#: Known weight files: file name, where it is published, checksum.
+WEIGHT_FILES = {
+    "coco": {
+        "filename": "mask_rcnn_coco.h5",
+        "url": "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5",
+        "published": "Matterport Mask R-CNN release v2.0, asset mask_rcnn_coco.h5 (MIT license)",
+        "size": 257557808,
+        "sha256": "ee7eeb918fe544c8bc1fd0f1f9588bf9f8e0e1055a4d12a98f83fa83c5f8b36d",
+    },
+    "imagenet": {
+        "filename": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "url": "https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+               "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "published": "fchollet/deep-learning-models release v0.2 (Keras-1-era ImageNet ResNet-50, "
+                     "no top)",
+        "md5": "a268eb855778b3df3c7506639542a6af",
+    },
+}
+
+ENV_WEIGHTS_DIR = "MRCNN_NUCLEI_WEIGHTS"
+_REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+# Keras-1 weight-name suffixes -> Keras 2/3 variable names.
+_KERAS1_SUFFIXES = {
+    "W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
+    "running_mean": "moving_mean", "running_std": "moving_variance",
+    "moving_mean": "moving_mean", "moving_variance": "moving_variance",
+    "kernel": "kernel", "bias": "bias",
+}
+
+
+# ---------------------------------------------------------------------------------------- report
+@dataclasses.dataclass
+class LoadReport:
+    """What a :func:`load_weights` call did, by layer name.
+
+    loaded: model layers whose weights were set from the file.
+    skipped: layers of the file with weights that the model does not have.
+    excluded: layers named in ``exclude`` (left untouched).
+    mismatched: ``(layer, weight, file_shape, model_shape)`` shape differences found on excluded
+        layers (informational; on other layers a mismatch raises).
+    missing_in_file: model layers with weights that the file does not hold (left untouched).
+    """
+
+    path: str = ""
+    kind: str = ""
+    loaded: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    excluded: list = dataclasses.field(default_factory=list)
+    mismatched: list = dataclasses.field(default_factory=list)
+    missing_in_file: list = dataclasses.field(default_factory=list)
+
+    def __str__(self):
+        def names(items, limit=8):
+            items = [str(i) for i in items]
+            more = f", ... (+{len(items) - limit})" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+
+        lines = [f"Loaded weights from {self.path} ({self.kind}):",
+                 f"  loaded {len(self.loaded)} layers"]
+        if self.excluded:
+            lines.append(f"  excluded {len(self.excluded)}: {names(self.excluded)}")
+        if self.mismatched:
+            lines.append("  shape differences on excluded layers: " + names(
+                [f"{l}/{w} file {fs} model {ms}" for l, w, fs, ms in self.mismatched], 4))
+        if self.skipped:
+            lines.append(f"  in the file but not in the model (skipped) {len(self.skipped)}: "
+                         f"{names(self.skipped)}")
+        if self.missing_in_file:
+            lines.append(f"  in the model but not in the file (left as they were) "
+                         f"{len(self.missing_in_file)}: {names(self.missing_in_file)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- model index
+def _model_layers(keras_model):
+    """Leaf layers of ``keras_model`` by name, descending into nested keras.Model sub-models.
+
+    Returns (leaves: {name: layer}, submodels: {name: {sub_name: layer}}).  A TimeDistributed (or
+    any non-Model) layer counts as one leaf: its weights are those of the layer it wraps.
+    """
+    import keras
+
+    leaves, submodels = {}, {}
+
+    def walk(model, into):
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                inner = {}
+                walk(layer, inner)
+                submodels[layer.name] = inner
+                for name, sub in inner.items():
+                    into.setdefault(name, sub)
+            else:
+                into.setdefault(layer.name, layer)
+
+    walk(keras_model, leaves)
+    return leaves, submodels
+
+
+def _weight_key(variable):
+    """Short name of a Keras variable: ``kernel``, ``gamma`` ... (path's last component)."""
+    name = getattr(variable, "path", None) or variable.name
+    return name.split("/")[-1].split(":")[0]
+
+
+def _layer_weights(layer):
+    """{weight key: variable} of one leaf layer; raises if two weights share a key."""
+    out = {}
+    for v in layer.weights:
+        key = _weight_key(v)
+        if key in out:
+            raise ValueError(f"layer {layer.name!r} has two weights named {key!r}; it cannot be "
+                             "loaded by weight name")
+        out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------- file kinds
+def file_kind(path):
+    """'legacy' (Keras 1/2 HDF5 with ``layer_names``) or 'native' (Keras 3 ``.weights.h5``).
+
+    Raises FileNotFoundError if ``path`` does not exist and ValueError if it is neither layout.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 weights file (expected Matterport's .h5 or a "
+                         "Keras 3 .weights.h5 written by save_weights)")
+    with h5py.File(path, "r") as f:
+        if "layer_names" in f.attrs or (
+                "model_weights" in f and "layer_names" in f["model_weights"].attrs):
+            return "legacy"
+        if "layers" in f or "vars" in f:
+            return "native"
+    raise ValueError(f"{path}: unknown weights layout (no 'layer_names' attribute as in Keras 1/2 "
+                     "files, no 'layers' group as in Keras 3 files)")
+
+
+def _decode(value):
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _read_legacy(path):
+    """Read a Keras 1/2 HDF5 weights file.
+
+    Returns {layer group name: {sub-layer name: {weight key: array}}} for layers that hold
+    weights, in file order.  For plain layers the sub-layer name is the group name itself.
+    """
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "layer_names" not in f.attrs else f
+        for lname in (_decode(n) for n in root.attrs["layer_names"]):
+            group = root[lname]
+            wnames = [_decode(n) for n in group.attrs.get("weight_names", [])]
+            if not wnames:
+                continue
+            layer = out.setdefault(lname, {})
+            for wname in wnames:
+                parts = wname.split(":")[0].split("/")
+                sub = parts[-2] if len(parts) >= 2 else lname
+                key = _legacy_key(parts[-1], sub, lname, path)
+                target = layer.setdefault(sub, {})
+                if key in target:
+                    raise ValueError(f"{path}: layer {lname!r} lists weight {key!r} of {sub!r} "
+                                     "twice")
+                target[key] = np.asarray(group[wname])
+    return out
+
+
+def _legacy_key(last, sub, group_name, path):
+    """Map a stored weight's last name component to the Keras 3 variable name."""
+    for prefix in (sub + "_", group_name + "_"):  # Keras 1: "<layer>_W", "<layer>_running_std"
+        if last.startswith(prefix) and last[len(prefix):] in _KERAS1_SUFFIXES:
+            return _KERAS1_SUFFIXES[last[len(prefix):]]
+    if last in _KERAS1_SUFFIXES:  # Keras 2: "kernel", "moving_variance" ...
+        return _KERAS1_SUFFIXES[last]
+    raise ValueError(f"{path}: weight {last!r} of layer {group_name!r} has a name this reader "
+                     f"does not know (expected one of {sorted(set(_KERAS1_SUFFIXES.values()))} "
+                     "or Keras-1 '<layer>_W', '<layer>_b', '<layer>_running_mean' ...)")
+
+
+def _read_native(path):
+    """Read a Keras 3 ``.weights.h5`` as {layer name: [array, ...]} (variables in layer order)."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        groups = []
+        f.visititems(lambda name, obj: groups.append(name)
+                     if isinstance(obj, h5py.Group) and name.split("/")[-1] == "vars" else None)
+        for gpath in groups:
+            vars_group = f[gpath]
+            if not len(vars_group):
+                continue
+            parts = gpath.split("/")[:-1]
+            # The owning layer is the deepest component listed directly under a "layers" group;
+            # anything below it (e.g. TimeDistributed's "layer") belongs to that layer.
+            owner = [i for i in range(1, len(parts)) if parts[i - 1] == "layers"]
+            if not owner:
+                continue
+            owner_path = "/".join(parts[:owner[-1] + 1])
+            owner_vars = f.get(owner_path + "/vars")
+            name = owner_vars.attrs.get("name") if owner_vars is not None else None
+            if name is None:
+                raise ValueError(f"{path}: Keras 3 file without layer names (group {owner_path}); "
+                                 "load it with by_name=False into the same architecture")
+            arrays = [np.asarray(vars_group[k]) for k in sorted(vars_group, key=int)]
+            out.setdefault(_decode(name), []).extend(arrays)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _normalise_exclude(exclude):
+    if exclude is None:
+        return set()
+    if isinstance(exclude, str):
+        return {exclude}
+    return {str(e) for e in exclude}
+
+
+def _mismatch_error(path, problems):
+    lines = [f"{path}: weight shapes do not match the model (nothing was loaded):"]
+    lines += [f"  layer {l!r} weight {w!r}: file {fs}, model {ms}" for l, w, fs, ms in problems]
+    heads = sorted({p[0] for p in problems} & set(CLASS_SPECIFIC_LAYERS))
+    if heads:
+        lines.append(
+            "  These head layers depend on NUM_CLASSES (the file was trained with another class "
+            f"count). Pass exclude={list(CLASS_SPECIFIC_LAYERS)!r} to load everything else, as "
+            "Matterport's nucleus sample does.")
+    else:
+        lines.append("  Check BACKBONE / TOP_DOWN_PYRAMID_SIZE / anchors per location against the "
+                     "file, or pass exclude=[...] with the layer names above.")
+    return ValueError("\n".join(lines))
+
+
+def load_weights(keras_model, path, by_name=False, exclude=None):
+    """Load ``path`` into ``keras_model`` and return a :class:`LoadReport` (also logged).
+
+    keras_model: a built keras.Model (layers named as Matterport's; may hold a nested
+        ``rpn_model``).
+    path: Matterport/Keras-1 ``.h5`` or Keras 3 ``.weights.h5``.
+    by_name: match layers by name and tolerate layers missing on either side (reported).  With
+        False a legacy file must hold every model layer that has weights.
+    exclude: layer names to leave untouched (e.g. :data:`CLASS_SPECIFIC_LAYERS`).
+    Raises FileNotFoundError (no file), ValueError (unknown layout, shape mismatch, missing layers).
+    """
+    path = os.fspath(path)
+    kind = file_kind(path)
+    excl = _normalise_exclude(exclude)
+    if kind == "native" and not by_name and not excl:
+        report = _load_native_whole(keras_model, path)
+    else:
+        if kind == "legacy":
+            plan, report = _plan_legacy(keras_model, path, by_name, excl)
+        else:
+            plan, report = _plan_native(keras_model, path, excl)
+        for variable, array in plan:
+            variable.assign(array)
+    leaves, _ = _model_layers(keras_model)
+    unknown = sorted(excl - set(leaves) - set(report.skipped) - set(report.excluded))
+    if unknown:
+        logger.warning("exclude names %s match no layer of the model or the file", unknown)
+    logger.info("%s", report)
+    return report
+
+
+def _load_native_whole(keras_model, path):
+    keras_model.load_weights(path)
+    leaves, _ = _model_layers(keras_model)
+    return LoadReport(path=path, kind="keras3-native",
+                      loaded=[n for n, l in leaves.items() if l.weights])
+
+
+def _plan_legacy(keras_model, path, by_name, excl):
+    """Validate a legacy file against the model; return ([(variable, array)], report)."""
+    data = _read_legacy(path)
+    leaves, submodels = _model_layers(keras_model)
+    report = LoadReport(path=path, kind="legacy-keras-h5")
+    plan, problems, seen = [], [], set()
+    for group_name, subs in data.items():
+        for sub_name, arrays in subs.items():
+            if sub_name != group_name and group_name in submodels:
+                layer = submodels[group_name].get(sub_name)
+            else:
+                layer = leaves.get(sub_name)
+            label = sub_name
+            if group_name in excl or sub_name in excl:
+                report.excluded.append(label)
+                seen.add(sub_name)
+                if layer is not None:
+                    for key, fs, ms in _compare(layer, arrays):
+                        if fs != ms:
+                            report.mismatched.append((label, key, fs, ms))
+                continue
+            if layer is None:
+                report.skipped.append(label)
+                continue
+            seen.add(layer.name)
+            model_w = _layer_weights(layer)
+            if set(model_w) != set(arrays):
+                raise ValueError(
+                    f"{path}: layer {label!r} holds weights {sorted(arrays)} in the file but "
+                    f"{sorted(model_w)} in the model (different layer type, e.g. batch norm vs "
+                    f"group norm?); pass exclude=[{label!r}] to skip it")
+            for key, array in arrays.items():
+                var = model_w[key]
+                if tuple(var.shape) != tuple(array.shape):
+                    problems.append((label, key, tuple(array.shape), tuple(var.shape)))
+                else:
+                    plan.append((var, array))
+            report.loaded.append(label)
+    if problems:
+        raise _mismatch_error(path, problems)
+    missing = [n for n, l in leaves.items() if l.weights and n not in seen and n not in excl]
+    report.missing_in_file = missing
+    if missing and not by_name:
+        raise ValueError(
+            f"{path} lacks {len(missing)} layers of the model: {', '.join(missing[:20])}"
+            f"{' ...' if len(missing) > 20 else ''}. Load with by_name=True to keep their current "
+            "values (e.g. ImageNet backbone weights into a full Mask R-CNN).")
+    return plan, report
+
+
+def _compare(layer, arrays):
+    """[(key, file_shape, model_shape)] for the weights a layer and a file entry share."""
+    model_w = _layer_weights(layer) if isinstance(arrays, dict) else None
+    if model_w is None:
+        return [(_weight_key(v), tuple(a.shape), tuple(v.shape))
+                for v, a in zip(layer.weights, arrays)]
+    return [(k, tuple(a.shape), tuple(model_w[k].shape)) for k, a in arrays.items()
+            if k in model_w]
+
+
+def _plan_native(keras_model, path, excl):
+    """Validate a Keras 3 file by layer name; return ([(variable, array)], report)."""
+    data = _read_native(path)
+    leaves, _ = _model_layers(keras_model)
+    report = LoadReport(path=path, kind="keras3-native")
+    plan, problems = [], []
+    for name, arrays in data.items():
+        layer = leaves.get(name)
+        if name in excl:
+            report.excluded.append(name)
+            if layer is not None:
+                report.mismatched.extend((name, k, fs, ms) for k, fs, ms in
+                                         _compare(layer, arrays) if fs != ms)
+            continue
+        if layer is None:
+            report.skipped.append(name)
+            continue
+        weights = list(layer.weights)
+        if len(weights) != len(arrays):
+            raise ValueError(f"{path}: layer {name!r} has {len(arrays)} variables in the file but "
+                             f"{len(weights)} in the model; pass exclude=[{name!r}] to skip it")
+        for var, array in zip(weights, arrays):
+            if tuple(var.shape) != tuple(array.shape):
+                problems.append((name, _weight_key(var), tuple(array.shape), tuple(var.shape)))
+            else:
+                plan.append((var, array))
+        report.loaded.append(name)
+    if problems:
+        raise _mismatch_error(path, problems)
+    report.missing_in_file = [n for n, l in leaves.items()
+                              if l.weights and n not in data and n not in excl]
+    return plan, report
+
+
+# ---------------------------------------------------------------------------------------- saving
+def _native_path(path):
+    path = os.fspath(path)
+    return path if path.endswith(".weights.h5") else (
+        path[:-3] + ".weights.h5" if path.endswith(".h5") else path + ".weights.h5")
+
+
+def config_path_beside(path):
+    """``dir/name.weights.h5`` (or ``dir/name.h5``) -> ``dir/name.json``."""
+    path = os.fspath(path)
+    for suffix in (".weights.h5", ".h5"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)] + ".json"
+    return path + ".json"
+
+
+def save_weights(keras_model, path, config=None):
+    """Write ``keras_model``'s weights as a Keras 3 ``.weights.h5`` file, atomically.
+
+    The suffix ``.weights.h5`` is appended when missing (``x.h5`` becomes ``x.weights.h5``).  The
+    file is written to a temporary name in the same folder and renamed, so a reader never sees a
+    half-written file.  With ``config`` its JSON goes beside (:func:`config_path_beside`).
+    Returns the weights path.
+    """
+    final = _native_path(path)
+    directory = os.path.dirname(os.path.abspath(final))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        os.remove(tmp)  # Keras refuses to overwrite silently on some versions; give it a new name
+        keras_model.save_weights(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if config is not None:
+        config.save_json(config_path_beside(final))
+    return final
+
+
+def load_config_beside(path, config_class=None):
+    """The Config saved beside weights ``path`` (``name.json``), or None if there is none.
+
+    config_class: class used to rebuild it (default :class:`mrcnn_nuclei.config.Config`).
+    """
+    json_path = config_path_beside(path)
+    if not os.path.exists(json_path):
+        return None
+    if config_class is None:
+        from .config import Config as config_class
+    return config_class.load_json(json_path)
+
+
+# ---------------------------------------------------------------------------------------- finding
+def weights_search_dirs():
+    """Folders searched by :func:`find_weights_file`, in order."""
+    dirs = []
+    env = os.environ.get(ENV_WEIGHTS_DIR)
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs.append(_REPO_WEIGHTS_DIR)
+    dirs.append(Path.home() / ".keras" / "models")
+    return dirs
+
+
+def find_weights_file(kind):
+    """Path of a known weights file on disk; never downloads.
+
+    kind: "coco" (``mask_rcnn_coco.h5``) or "imagenet"
+        (``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``).
+    Looks in $MRCNN_NUCLEI_WEIGHTS (a folder, or the file itself), the repository's
+    ``weights/`` folder, then ``~/.keras/models``.  Raises FileNotFoundError naming every place
+    looked, where to put the file and where it is published.
+    """
+    if kind not in WEIGHT_FILES:
+        raise ValueError(f"kind={kind!r}: known weight files are {sorted(WEIGHT_FILES)}")
+    info = WEIGHT_FILES[kind]
+    env = os.environ.get(ENV_WEIGHTS_DIR)
+    if env and os.path.isfile(env) and os.path.basename(env) == info["filename"]:
+        return os.path.abspath(env)
+    looked = []
+    for folder in weights_search_dirs():
+        candidate = folder / info["filename"]
+        looked.append(str(candidate))
+        if candidate.is_file():
+            return str(candidate)
+    checksum = (f"sha256 {info['sha256']}" if "sha256" in info else f"md5 {info['md5']}")
+    raise FileNotFoundError(
+        f"{info['filename']} ({kind} weights) not found. Looked in:\n  " + "\n  ".join(looked) +
+        f"\nPut the file at {_REPO_WEIGHTS_DIR / info['filename']} (or in the folder named by "
+        f"${ENV_WEIGHTS_DIR}). It is published as {info['published']}: {info['url']} "
+        f"({checksum}). Nothing is downloaded automatically; see weights/README.md.")
+
+
+def verify_weights_file(path, kind):
+    """Check ``path`` against the published checksum of ``kind``; returns the hex digest.
+
+    Raises ValueError naming the path and both digests when they differ.
+    """
+    info = WEIGHT_FILES[kind]
+    algo = "sha256" if "sha256" in info else "md5"
+    digest = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    if value != info[algo]:
+        raise ValueError(f"{path}: {algo} {value} differs from the published {info[algo]} of "
+                         f"{info['filename']}; the download is incomplete or another file")
+    return value
