@@ -31,14 +31,23 @@ def dsb(dsb_root):
 
 def _rle_encode_loop(mask):
     """Independent brute-force encoder: column-major, 1-based 'start length' pairs."""
-    flat = [bool(mask[y, x]) for x in range(mask.shape[1]) for y in range(mask.shape[0])]
-    runs, start = [], None
-    for i, v in enumerate(flat + [False]):
-        if v and start is None:
-            start = i
-        elif not v and start is not None:
-            runs += [start + 1, i - start]
-            start = None
+    height = mask.shape[0]
+    columns = [x for x in range(mask.shape[1]) if mask[:, x].any()]  # skip empty columns
+    runs, start, previous = [], None, None
+    for x in columns:
+        for y in range(height):
+            number = x * height + y           # 0-based column-major pixel number
+            if start is not None and number != previous + 1:
+                runs += [start + 1, previous - start + 1]    # run ended before skipped columns
+                start = None
+            if mask[y, x] and start is None:
+                start = number
+            elif not mask[y, x] and start is not None:
+                runs += [start + 1, number - start]
+                start = None
+            previous = number
+    if start is not None:
+        runs += [start + 1, previous - start + 1]
     return " ".join(map(str, runs))
 
 
