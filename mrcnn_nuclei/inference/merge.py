@@ -1,0 +1,185 @@
+"""Merge instance detections from several runs (TTA transforms, ensemble members).
+
+Each run is a detection dict in the ``detect()`` format (``masks`` [H, W, N] bool, ``scores``
+[N], ``class_ids`` [N]) optionally with ``soft_masks`` [H, W, N] float in [0, 1].
+:func:`merge_instances`:
+
+1. binarises every soft mask at ``mask_threshold`` and computes the mask IoU between all
+   detections of all runs at once (sparse matrix product of the flattened masks);
+2. groups greedily by score: the best ungrouped detection seeds a group, which takes from every
+   OTHER run its ungrouped detection of the same class with the highest IoU >= ``iou_threshold``
+   (at most one per run);
+3. drops groups seen by fewer than ``min_runs`` runs (singletons suppressed);
+4. averages the soft masks of a group; ``missing="exclude"`` (default) averages over the runs that
+   saw the instance, ``missing="zero"`` over all runs (a missing run counts as an empty mask and a
+   score of 0, a pixel-wise vote); score = the mean score the same way;
+5. thresholds the averaged mask at ``mask_threshold``; where merged instances overlap, each pixel
+   goes to the instance with the larger averaged value (touching nuclei stay apart); boxes are
+   recomputed from the final masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["merge_instances", "mask_iou_matrix", "boxes_from_masks"]
+
+
+def boxes_from_masks(masks):
+    """Pixel boxes of an instance stack: [H, W, N] bool -> [N, 4] int32 (y1, x1, y2, x2 excl.)."""
+    masks = np.asarray(masks, bool)
+    n = masks.shape[-1]
+    if n == 0:
+        return np.zeros((0, 4), np.int32)
+    rows, cols = masks.any(1), masks.any(0)          # [H, N], [W, N]
+    h, w = rows.shape[0], cols.shape[0]
+    y1 = rows.argmax(0)
+    y2 = h - rows[::-1].argmax(0)
+    x1 = cols.argmax(0)
+    x2 = w - cols[::-1].argmax(0)
+    boxes = np.stack([y1, x1, y2, x2], 1).astype(np.int32)
+    boxes[~rows.any(0)] = 0
+    return boxes
+
+
+def _sparse_columns(masks):
+    """[H, W, N] bool -> CSC matrix [H*W, N] of ones (one column per instance)."""
+    h, w, n = masks.shape
+    ys, xs, ks = np.nonzero(masks)
+    data = np.ones(len(ks), np.float32)
+    return sparse.csc_matrix((data, (ys * w + xs, ks)), shape=(h * w, n))
+
+
+def mask_iou_matrix(masks_a, masks_b=None):
+    """Mask IoU: [H, W, N] and [H, W, M] bool -> [N, M] float32 (sparse matrix product)."""
+    a = _sparse_columns(np.asarray(masks_a, bool))
+    b = a if masks_b is None else _sparse_columns(np.asarray(masks_b, bool))
+    inter = np.asarray((a.T @ b).todense(), np.float32)
+    area_a = np.asarray(a.sum(0), np.float32).ravel()
+    area_b = np.asarray(b.sum(0), np.float32).ravel()
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
+
+
+def _soft(run, name):
+    if "soft_masks" in run and run["soft_masks"] is not None:
+        soft = np.asarray(run["soft_masks"], np.float32)
+    elif "masks" in run:
+        soft = np.asarray(run["masks"]).astype(np.float32)
+    else:
+        raise ValueError(f"{name}: needs 'soft_masks' [H, W, N] float or 'masks' [H, W, N] bool")
+    if soft.ndim != 3:
+        raise ValueError(f"{name}: masks must be [H, W, N], got shape {soft.shape}")
+    return soft
+
+
+def _empty(h, w):
+    return {"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
+            "scores": np.zeros(0, np.float32), "masks": np.zeros((h, w, 0), bool),
+            "soft_masks": np.zeros((h, w, 0), np.float32), "n_runs": np.zeros(0, np.int32)}
+
+
+def merge_instances(runs, iou_threshold=0.5, min_runs=2, mask_threshold=0.5, missing="exclude",
+                    class_aware=True):
+    """Merge detections of several runs -> one detect()-style dict.
+
+    runs: list of dicts with ``scores`` [N_r], ``class_ids`` [N_r] and ``soft_masks`` [H, W, N_r]
+    (float 0..1) or ``masks`` [H, W, N_r] bool, all on the same H, W.
+    Returns ``rois`` [K, 4] int32, ``class_ids`` [K] int32, ``scores`` [K] float32, ``masks``
+    [H, W, K] bool, ``soft_masks`` [H, W, K] float32 (averaged) and ``n_runs`` [K] int32 (how many
+    runs saw each instance), sorted by score, best first.
+    """
+    if not runs:
+        raise ValueError("merge_instances: runs is empty; pass at least one detection dict")
+    if missing not in ("exclude", "zero"):
+        raise ValueError(f"missing={missing!r}: use 'exclude' or 'zero'")
+    n_total = len(runs)
+    if not 1 <= int(min_runs) <= n_total:
+        raise ValueError(f"min_runs={min_runs} must be between 1 and the number of runs "
+                         f"({n_total})")
+    softs = [_soft(r, f"runs[{i}]") for i, r in enumerate(runs)]
+    shapes = {s.shape[:2] for s in softs}
+    if len(shapes) != 1:
+        raise ValueError(f"merge_instances: runs have different image sizes {sorted(shapes)}; "
+                         "map every run back to the original frame first")
+    h, w = shapes.pop()
+    scores = np.concatenate([np.asarray(r["scores"], np.float32).ravel() for r in runs])
+    class_ids = np.concatenate([np.asarray(r["class_ids"], np.int32).ravel() for r in runs])
+    run_of = np.concatenate([np.full(s.shape[-1], i) for i, s in enumerate(softs)]).astype(int)
+    soft = np.concatenate(softs, axis=-1)
+    if not (len(scores) == len(class_ids) == soft.shape[-1]):
+        raise ValueError("merge_instances: every run needs one score and class id per mask")
+    m = soft.shape[-1]
+    if m == 0:
+        return _empty(h, w)
+
+    binary = soft >= mask_threshold
+    iou = mask_iou_matrix(binary)
+    match = iou >= iou_threshold
+    if class_aware:
+        match &= class_ids[:, None] == class_ids[None, :]
+    match &= run_of[:, None] != run_of[None, :]
+    iou = np.where(match, iou, -1.0)
+
+    # greedy grouping by score; loop over groups only, members chosen per run vectorised
+    group = np.full(m, -1, np.int64)
+    run_onehot = np.eye(n_total, dtype=bool)[run_of]              # [M, R]
+    order = np.argsort(-scores, kind="stable")
+    n_groups = 0
+    for seed in order:
+        if group[seed] >= 0:
+            continue
+        group[seed] = n_groups
+        cand = (group < 0) & (iou[seed] >= 0)
+        if cand.any():
+            # best candidate per run: the highest IoU within each run's column
+            per_run = np.where(cand[:, None] & run_onehot, iou[seed][:, None], -1.0)  # [M, R]
+            best = per_run.argmax(0)
+            ok = per_run[best, np.arange(n_total)] >= 0
+            group[best[ok]] = n_groups
+        n_groups += 1
+
+    runs_per_group = np.zeros((n_groups, n_total), bool)
+    runs_per_group[group, run_of] = True
+    seen = runs_per_group.sum(1)
+    keep_group = seen >= int(min_runs)
+    if not keep_group.any():
+        return _empty(h, w)
+    # renumber kept groups and drop the members of the others
+    new_id = np.cumsum(keep_group) - 1
+    members = keep_group[group]
+    gid = new_id[group[members]]
+    k = int(keep_group.sum())
+    seen = seen[keep_group]
+
+    # average the soft masks per group: sort members by group and sum contiguous slices
+    idx = np.flatnonzero(members)
+    srt = np.argsort(gid, kind="stable")
+    idx, gid_sorted = idx[srt], gid[srt]
+    starts = np.flatnonzero(np.r_[True, np.diff(gid_sorted) > 0])
+    summed = np.add.reduceat(soft[..., idx], starts, axis=-1)              # [H, W, K]
+    score_sum = np.add.reduceat(scores[idx], starts)
+    denom = seen.astype(np.float32) if missing == "exclude" else np.float32(n_total)
+    avg = (summed / denom).astype(np.float32)
+    mean_score = (score_sum / denom).astype(np.float32)
+    # class of a group = class of its seed (groups are class-pure when class_aware)
+    seed_of_group = idx[starts]
+    cls = class_ids[seed_of_group]
+    if not class_aware:
+        # majority class over members, ties to the lower id
+        counts = np.zeros((k, int(class_ids.max()) + 1), np.int64)
+        np.add.at(counts, (gid_sorted, class_ids[idx]), 1)
+        cls = counts.argmax(1).astype(np.int32)
+
+    # threshold, then give each contested pixel to the instance with the larger average
+    masks = avg >= mask_threshold
+    winner = np.where(masks, avg, -1.0).argmax(-1)
+    masks &= winner[..., None] == np.arange(k)
+    nonempty = masks.any((0, 1))
+    order = np.argsort(-mean_score[nonempty], kind="stable")
+    sel = np.flatnonzero(nonempty)[order]
+    masks, avg = masks[..., sel], avg[..., sel]
+    return {"rois": boxes_from_masks(masks), "class_ids": cls[sel].astype(np.int32),
+            "scores": mean_score[sel], "masks": masks, "soft_masks": avg,
+            "n_runs": seen[sel].astype(np.int32)}
