@@ -1,0 +1,132 @@
+"""Tiled instance inference for images larger than the model input (1000x1000 tiles, slides).
+
+:func:`tiled_detect` cuts the image into ``tile_size`` tiles overlapping by ``overlap`` pixels
+(the last tile on each axis is shifted back to end at the border, so every tile has the same
+size when the image is at least one tile large).  Each tile has a CORE: the tile minus half the
+overlap on its interior sides (exactly: cores end halfway through the overlap with the next tile),
+so the cores partition the image.  An instance found in a tile is kept only if the centroid of
+its mask, in global coordinates, lies in that tile's core: every nucleus is therefore kept by
+exactly one tile, and by the tile that sees it whole as long as ``overlap`` exceeds the largest
+nucleus diameter (for very elongated or concave shapes use twice the diameter).  Kept instances
+are pasted into one label image; within a tile higher scores go first, and a pasted instance never
+overwrites pixels already labelled (earlier tiles / better instances win), so there are no
+duplicates and no seams.
+
+Memory is bounded by one tile: only the current tile's pixels and masks are held, and the image
+can be anything that slices to a NumPy array (``np.ndarray``, ``np.memmap``, ``tifffile.memmap``,
+zarr arrays).  The output label image can be a preallocated (memory-mapped) array via ``out``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["tile_grid", "tiled_detect"]
+
+
+def tile_grid(length, tile_size, overlap):
+    """Tiles along one axis: list of (start, stop, core_start, core_stop); cores partition 0..length."""
+    length, tile_size, overlap = int(length), int(tile_size), int(overlap)
+    if tile_size < 1 or not 0 <= overlap < tile_size:
+        raise ValueError(f"tile_size={tile_size}, overlap={overlap}: need tile_size >= 1 and "
+                         "0 <= overlap < tile_size")
+    if length <= tile_size:
+        return [(0, length, 0, length)]
+    stride = tile_size - overlap
+    starts = sorted(set(range(0, length - tile_size, stride)) | {length - tile_size})
+    bounds = [0] + [(starts[i + 1] + starts[i] + tile_size) // 2
+                    for i in range(len(starts) - 1)] + [length]
+    return [(s, s + tile_size, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+
+
+def _instances(result, shape, where):
+    """detect_fn output -> (ys, xs, ks) pixel coords per instance, scores [N]."""
+    h, w = shape
+    if isinstance(result, dict):
+        if "masks" not in result:
+            raise ValueError(f"{where}: detect_fn returned a dict without 'masks' [h, w, N]")
+        masks = np.asarray(result["masks"])
+        if masks.ndim != 3 or masks.shape[:2] != (h, w):
+            raise ValueError(f"{where}: masks must be [{h}, {w}, N] (the tile size), got "
+                             f"{masks.shape}")
+        n = masks.shape[-1]
+        scores = np.asarray(result.get("scores", np.ones(n)), np.float32).ravel()
+        if len(scores) != n:
+            raise ValueError(f"{where}: {len(scores)} scores for {n} masks")
+        ys, xs, ks = np.nonzero(masks.astype(bool, copy=False))
+        return ys, xs, ks, scores
+    labels = np.asarray(result)
+    if labels.shape != (h, w):
+        raise ValueError(f"{where}: detect_fn must return a detect() dict or a label image "
+                         f"[{h}, {w}], got shape {labels.shape}")
+    ys, xs = np.nonzero(labels)
+    ids, ks = np.unique(labels[ys, xs], return_inverse=True)
+    return ys, xs, ks.ravel(), np.ones(len(ids), np.float32)
+
+
+def tiled_detect(detect_fn, image, tile_size=512, overlap=64, min_area=1, return_scores=False,
+                 out=None):
+    """Instance segmentation of a large image tile by tile -> label image [H, W] int32.
+
+    detect_fn(tile [h, w(, C)]) returns a ``detect()``-style dict (``masks`` [h, w, N] bool,
+    optional ``scores`` [N]) or a label image [h, w] int.  ``image``: [H, W] or [H, W, C], any
+    array that slices to NumPy (memmaps welcome).  ``min_area``: instances with fewer pixels are
+    ignored.  ``out``: optional preallocated zeroed [H, W] integer array to write into.
+    Returns the label image (0 = background, 1..K), and with ``return_scores`` also the scores
+    [K] float32 (``scores[k - 1]`` belongs to label k).
+    """
+    shape = tuple(image.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"image: expected [H, W] or [H, W, C], got shape {shape}")
+    height, width = shape[:2]
+    if out is None:
+        out = np.zeros((height, width), np.int32)
+    elif tuple(out.shape) != (height, width):
+        raise ValueError(f"out: must be [{height}, {width}], got {tuple(out.shape)}")
+    all_scores = []
+    next_id = 1
+    for (y0, y1, cy0, cy1) in tile_grid(height, tile_size, overlap):
+        for (x0, x1, cx0, cx1) in tile_grid(width, tile_size, overlap):
+            tile = np.asarray(image[y0:y1, x0:x1])
+            where = f"tile y={y0}:{y1} x={x0}:{x1}"
+            ys, xs, ks, scores = _instances(detect_fn(tile), (y1 - y0, x1 - x0), where)
+            n = len(scores)
+            if n == 0 or len(ks) == 0:
+                continue
+            area = np.bincount(ks, minlength=n)
+            safe = np.maximum(area, 1)
+            cy = np.bincount(ks, ys, minlength=n) / safe + y0
+            cx = np.bincount(ks, xs, minlength=n) / safe + x0
+            # centre of pixel (y, x) is (y + 0.5, x + 0.5): core test on pixel-centre coords
+            keep = ((area >= max(1, min_area)) & (cy + 0.5 >= cy0) & (cy + 0.5 < cy1)
+                    & (cx + 0.5 >= cx0) & (cx + 0.5 < cx1))
+            if not keep.any():
+                continue
+            # rank kept instances by score; each pixel goes to its best-ranked instance
+            rank = np.full(n, -1)
+            kept = np.flatnonzero(keep)
+            kept = kept[np.argsort(-scores[kept], kind="stable")]
+            rank[kept] = np.arange(len(kept))
+            sel = rank[ks] >= 0
+            py, px, pr = ys[sel], xs[sel], rank[ks[sel]]
+            order = np.lexsort((pr, py * (x1 - x0) + px))
+            flat = (py * (x1 - x0) + px)[order]
+            first = np.r_[True, np.diff(flat) > 0]
+            py, px, pr = py[order][first], px[order][first], pr[order][first]
+            # never overwrite pixels already labelled by an earlier tile
+            region = out[y0:y1, x0:x1]
+            free = region[py, px] == 0
+            py, px, pr = py[free], px[free], pr[free]
+            if len(pr) == 0:
+                continue
+            used = np.unique(pr)
+            new_ids = np.zeros(len(kept), np.int64)
+            new_ids[used] = next_id + np.arange(len(used))
+            region[py, px] = new_ids[pr]
+            out[y0:y1, x0:x1] = region
+            next_id += len(used)
+            all_scores.append(scores[kept[used]])
+    if return_scores:
+        scores = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
+        return out, scores.astype(np.float32)
+    return out
