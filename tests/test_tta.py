@@ -1,0 +1,117 @@
+"""TTA: transforms, mapping detections back to the original frame, merging the runs."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.color import rgb2hsv
+
+from mrcnn_nuclei.inference.merge import boxes_from_masks
+from mrcnn_nuclei.inference.tta import apply_transform, invert_run, tta_detect
+
+
+class BlobDetector:
+    """Deterministic stand-in detector computed from image content (local to this test).
+
+    Instances = 4-connected components of HSV value (max over RGB) > ``threshold``; the soft mask
+    is a brightness ramp inside the component; score = mean value / 255.  ``blind_left`` columns
+    at the left of ITS input are ignored (so flipped inputs see different things)."""
+
+    def __init__(self, threshold=150, blind_left=0):
+        self.threshold, self.blind_left = threshold, blind_left
+        self.calls = []
+
+    def detect_soft(self, images, verbose=0):
+        self.calls.append(len(images))
+        out = []
+        for img in images:
+            value = np.asarray(img)[..., :3].max(-1).astype(np.float32)
+            fg = value > self.threshold
+            fg[:, :self.blind_left] = False
+            labels, n = ndimage.label(fg)
+            masks = labels[..., None] == np.arange(1, n + 1)
+            soft = np.where(masks, np.clip(value[..., None] / 255.0, 0.5, 1.0), 0.0)
+            scores = np.asarray(ndimage.mean(value, labels, np.arange(1, n + 1)), np.float32) / 255
+            out.append({"rois": boxes_from_masks(masks), "class_ids": np.ones(n, np.int32),
+                        "scores": scores, "masks": masks, "soft_masks": soft.astype(np.float32)})
+        return out
+
+
+def _asymmetric_image():
+    img = np.zeros((60, 90, 3), np.uint8)
+    img[..., :] = (40, 20, 60)
+    img[5:15, 3:30] = (200, 90, 220)        # wide bar near the top-left
+    img[30:55, 70:78] = (230, 100, 180)     # tall bar at the right
+    yy, xx = np.mgrid[:60, :90]
+    img[(yy - 40) ** 2 + (xx - 25) ** 2 <= 49] = (190, 60, 200)   # disc, bottom-left
+    return img
+
+
+def _canonical(masks):
+    """Instance masks as a set of pixel-index tuples (order-free comparison)."""
+    return {tuple(np.flatnonzero(masks[..., k])) for k in range(masks.shape[-1])}
+
+
+def test_flips_are_inverted_masks_and_boxes_align_with_original():
+    img = _asymmetric_image()
+    det = BlobDetector()
+    ref = det.detect_soft([img])[0]
+    assert ref["masks"].shape[-1] == 3
+    merged, runs = tta_detect(det, img, transforms=("orig", "hflip", "vflip", "hvflip"),
+                              merge_kwargs={"min_runs": 4}, return_runs=True)
+    assert det.calls == [1, 4]   # one batched call for all transforms
+    for run in runs:
+        assert _canonical(run["masks"]) == _canonical(ref["masks"])
+        assert np.array_equal(run["rois"], boxes_from_masks(run["masks"]))
+        assert sorted(map(tuple, run["rois"])) == sorted(map(tuple, ref["rois"]))
+    assert merged["masks"].shape[-1] == 3
+    assert _canonical(merged["masks"]) == _canonical(ref["masks"])
+    assert np.array_equal(merged["rois"], boxes_from_masks(merged["masks"]))
+    assert (merged["n_runs"] == 4).all()
+
+
+def test_unmapped_flip_would_not_align():
+    # independent check that the geometry matters: without inverting, the bar moves away
+    img = _asymmetric_image()
+    det = BlobDetector()
+    raw = det.detect_soft([apply_transform("hflip", img)])[0]
+    ref = det.detect_soft([img])[0]
+    assert _canonical(raw["masks"]) != _canonical(ref["masks"])
+    assert _canonical(invert_run("hflip", raw)["masks"]) == _canonical(ref["masks"])
+
+
+def test_hue_jitter_changes_colour_only():
+    img = _asymmetric_image()
+    out = apply_transform("hue", img, hue_shift=0.1, saturation_scale=1.2)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, img)
+    assert np.abs(out.max(-1).astype(int) - img.max(-1).astype(int)).max() <= 1   # HSV value
+    dh = np.mod(rgb2hsv(out)[..., 0] - rgb2hsv(img)[..., 0], 1.0)
+    sat = rgb2hsv(img)[..., 1] > 0.3
+    assert np.allclose(dh[sat], 0.1, atol=0.02)
+    five = np.concatenate([img, np.full(img.shape[:2] + (2,), 77, np.uint8)], -1)
+    out5 = apply_transform("hue", five)
+    assert (out5[..., 3:] == 77).all()           # extra channels untouched
+    grey = np.full((4, 4), 100, np.uint8)
+    assert np.array_equal(apply_transform("hue", grey), grey)
+
+
+def test_instance_seen_by_one_transform_only_is_dropped():
+    # the detector is blind to the 35 leftmost columns of its input: the top-left bar is found
+    # only in the hflip run (where it sits on the right), so TTA with min_runs=2 drops it
+    img = _asymmetric_image()
+    det = BlobDetector(blind_left=35)
+    merged = tta_detect(det, img, transforms=("orig", "hflip", "vflip"))
+    assert merged["masks"].shape[-1] == 1
+    assert merged["masks"][30:55, 70:78, 0].all()
+    every = tta_detect(det, img, transforms=("orig", "hflip", "vflip"),
+                       merge_kwargs={"min_runs": 1})
+    assert every["masks"].shape[-1] == 3
+
+
+def test_default_transforms_and_errors():
+    img = _asymmetric_image()
+    merged = tta_detect(BlobDetector(), img)
+    assert merged["masks"].shape == (60, 90, 3) and (merged["n_runs"] == 4).all()
+    assert merged["soft_masks"].dtype == np.float32
+    with pytest.raises(ValueError, match="unknown TTA transform"):
+        tta_detect(BlobDetector(), img, transforms=("orig", "rot45"))
