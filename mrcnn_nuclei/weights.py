@@ -47,7 +47,7 @@ import numpy as np
 __all__ = [
     "LoadReport", "load_weights", "save_weights", "config_path_beside", "load_config_beside",
     "find_weights_file", "weights_search_dirs", "verify_weights_file", "file_kind",
-    "CLASS_SPECIFIC_LAYERS", "WEIGHT_FILES",
+    "CLASS_SPECIFIC_LAYERS", "WEIGHT_FILES", "resolve_weights_arg", "load_start_weights",
 ]
 
 logger = logging.getLogger("mrcnn_nuclei.weights")
@@ -539,3 +539,42 @@ def verify_weights_file(path, kind):
         raise ValueError(f"{path}: {algo} {value} differs from the published {info[algo]} of "
                          f"{info['filename']}; the download is incomplete or another file")
     return value
+
+
+# ---------------------------------------------------------------------------------------- CLI helper
+WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
+
+
+def resolve_weights_arg(spec, model=None):
+    """Path for a ``--weights`` value: coco | imagenet | last | none | PATH (None for "none").
+
+    ``last`` needs ``model`` (a MaskRCNN: ``model.find_last()``).  Raises FileNotFoundError naming
+    the path and the accepted values.
+    """
+    key = str(spec).lower()
+    if key == "none":
+        return None
+    if key in ("coco", "imagenet"):
+        return find_weights_file(key)
+    if key == "last":
+        if model is None:
+            raise ValueError("--weights=last needs the model (to search its model_dir)")
+        return model.find_last()
+    path = os.path.expanduser(os.fspath(spec))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--weights={spec}: no such file {path}; pass an existing weights "
+                                f"file or one of {', '.join(WEIGHT_CHOICES)}")
+    return path
+
+
+def load_start_weights(model, spec):
+    """Load the weights a ``--weights`` value names into a MaskRCNN; returns (path, report).
+
+    coco: Matterport's COCO file by name with :data:`CLASS_SPECIFIC_LAYERS` excluded (the heads
+    of another class count); imagenet, last and PATH: by name; none: nothing, (None, None).
+    """
+    path = resolve_weights_arg(spec, model)
+    if path is None:
+        return None, None
+    exclude = list(CLASS_SPECIFIC_LAYERS) if str(spec).lower() == "coco" else None
+    return path, model.load_weights(path, by_name=True, exclude=exclude)

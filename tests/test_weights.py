@@ -367,3 +367,65 @@ def test_verify_weights_file_reports_both_digests(tmp_path):
     digest = hashlib.sha256(b"partial download").hexdigest()
     with pytest.raises(ValueError, match=digest):
         W.verify_weights_file(path, "coco")
+
+
+# ------------------------------------------------------------------------------- real MaskRCNN
+def _real_config(**attrs):
+    from mrcnn_nuclei.config import Config
+
+    base = dict(NAME="weights_test", NUM_CLASSES=2, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=128,
+                IMAGE_MAX_DIM=128, POST_NMS_ROIS_INFERENCE=100, DETECTION_MAX_INSTANCES=20)
+    base.update(attrs)
+    return type("WeightsTestConfig", (Config,), base)()
+
+
+def test_legacy_coco_into_real_two_class_maskrcnn(coco_file, legacy_dir, tmp_path):
+    """The issue's check: COCO-layout file -> MaskRCNN(ResNet-101, 2 classes), nucleus exclude."""
+    from mrcnn_nuclei.model import MaskRCNN
+
+    path, names, arrays = coco_file
+    model = MaskRCNN("inference", _real_config(BACKBONE="resnet101"), tmp_path)
+    before = _snapshot(model.keras_model)
+    with pytest.raises(ValueError, match=r"mrcnn_class_logits.*\(1024, 81\).*\(1024, 2\)"):
+        model.load_weights(path, by_name=True)
+    report = model.load_weights(path, by_name=True, exclude=NUCLEUS_EXCLUDE)
+    after = _snapshot(model.keras_model)
+    assert len(after) == 235  # 233 weighted layers, rpn_model as its three convs
+    excluded = {"mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"}
+    for layer, values in after.items():
+        assert set(values) == {k for k, _ in coco_weight_shapes(layer)} or layer in RPN_SUBLAYERS
+        for key, value in values.items():
+            expected = before[layer][key] if layer in excluded else _file_value(arrays, layer, key)
+            np.testing.assert_array_equal(value, expected, err_msg=f"{layer}/{key}")
+    real = real_first_arrays(legacy_dir)
+    conv1 = model.keras_model.get_layer("conv1")
+    np.testing.assert_array_equal(conv1.kernel.numpy(), real[("conv1", "kernel")])
+    assert report.missing_in_file == [] and report.skipped == []
+    assert sorted(report.excluded) == sorted(excluded) and len(report.loaded) == 232
+
+
+def test_save_load_round_trip_gives_identical_detections(tmp_path):
+    from mrcnn_nuclei.datasets import SyntheticNucleiDataset
+    from mrcnn_nuclei.model import MaskRCNN
+
+    cfg = _real_config(BACKBONE="resnet18", NORM="gn", GN_GROUPS=8, TOP_DOWN_PYRAMID_SIZE=64,
+                       FPN_CLASSIF_FC_LAYERS_SIZE=128, DETECTION_MIN_CONFIDENCE=0.0)
+    ds = SyntheticNucleiDataset().load(1, seed=5, height=128, width=128)
+    ds.prepare()
+    image = ds.load_image(0)
+    keras.utils.set_random_seed(1)
+    first = MaskRCNN("inference", cfg, tmp_path)
+    want = first.detect([image])[0]
+    assert want["masks"].shape[:2] == image.shape[:2] and len(want["scores"]) > 0
+    saved = first.save_weights(tmp_path / "run" / "mask_rcnn_weights_test_0001")
+    assert os.path.exists(W.config_path_beside(saved))
+    keras.utils.set_random_seed(2)
+    second = MaskRCNN("inference", cfg, tmp_path)
+    other = second.detect([image])[0]
+    assert not (len(other["scores"]) == len(want["scores"])
+                and np.array_equal(other["scores"], want["scores"]))  # differs before loading
+    second.load_weights(saved)
+    got = second.detect([image])[0]
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert W.load_config_beside(saved).BACKBONE == "resnet18"
