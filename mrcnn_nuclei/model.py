@@ -1,0 +1,550 @@
+"""MaskRCNN: Matterport's model surface (build, train, detect, weights) on the Keras 3 graph of
+:mod:`mrcnn_nuclei.layers`.
+
+    model = MaskRCNN("training", config, model_dir="logs")
+    model.train(train_ds, val_ds, learning_rate=config.LEARNING_RATE, epochs=20, layers="heads")
+    model = MaskRCNN("inference", config, model_dir="logs")
+    results = model.detect([image])   # [{"rois", "class_ids", "scores", "masks"}]
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .layers import losses as L
+from .layers.backbone import FrozenBatchNorm, build_backbone
+from .layers.detection import DetectionLayer, PadDetections, TrimDetections, WindowFromMeta
+from .layers.detection_targets import DetectionTargetLayer, NormBoxes
+from .layers.fpn import fpn_graph
+from .layers.heads import build_fpn_mask_graph, fpn_classifier_graph
+from .layers.proposals import ProposalLayer
+from .layers.roi_align import PyramidROIAlign
+from .layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
+
+__all__ = ["MaskRCNN", "MaskRCNNTrainingModel", "LAYER_REGEX", "WarmUp",
+           "AtomicCheckpoint", "log"]
+
+logger = logging.getLogger(__name__)
+
+_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(PREPROC)"
+LAYER_REGEX = {
+    "heads": _HEADS,
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "5+": r"(res5.*)|(bn5.*)|" + _HEADS,
+    "all": ".*",
+}
+
+_CKPT_RE = re.compile(r"mask_rcnn_[\w-]*?(\d{4})\.(weights\.h5|h5)$")
+_DIR_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})$")
+
+
+def log(text, array=None):
+    """Print ``text`` and, for an array, its shape, min and max (Matterport's helper)."""
+    if array is not None:
+        array = np.asarray(array)
+        text = f"{text:25s} shape: {str(array.shape):20s} "
+        if array.size:
+            text += f"min: {array.min():10.5f} max: {array.max():10.5f} {array.dtype}"
+        else:
+            text += f"min: {'':10s} max: {'':10s} {array.dtype}"
+    print(text)
+
+
+# ------------------------------------------------------------------------------------ training
+@keras.saving.register_keras_serializable(package="mrcnn_nuclei")
+class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ~0 to ``learning_rate`` over ``warmup_steps``, constant after."""
+
+    def __init__(self, learning_rate, warmup_steps):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32") + 1.0
+        frac = ops.minimum(step / float(max(self.warmup_steps, 1)), 1.0)
+        return self.learning_rate * frac
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+class MaskRCNNTrainingModel(keras.Model):
+    """Functional training graph whose loss is the LOSS_WEIGHTS-weighted sum of the five
+    Mask R-CNN losses; ``fit`` reports each of them and the total as ``loss``."""
+
+    def __init__(self, *args, loss_weights=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_weights_ = dict(loss_weights or {})
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in L.LOSS_NAMES}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """x: the training-batch dict; y_pred: the dict of graph outputs -> total loss."""
+        active = x["input_image_meta"][:, 12:]
+        parts = {
+            "rpn_class_loss": L.rpn_class_loss(x["input_rpn_match"], y_pred["rpn_class_logits"]),
+            "rpn_bbox_loss": L.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
+                                             y_pred["rpn_bbox"]),
+            "mrcnn_class_loss": L.mrcnn_class_loss(y_pred["target_class_ids"],
+                                                   y_pred["mrcnn_class_logits"], active),
+            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(y_pred["target_bbox"], y_pred["target_class_ids"],
+                                                 y_pred["mrcnn_bbox"]),
+            "mrcnn_mask_loss": L.mrcnn_mask_loss(y_pred["target_mask"], y_pred["target_class_ids"],
+                                                 y_pred["mrcnn_mask"]),
+        }
+        total = 0.0
+        for name, value in parts.items():
+            self._trackers[name].update_state(value)
+            total = total + float(self.loss_weights_.get(name, 1.0)) * value
+        # weight decay is applied by the optimizer (decoupled), not added here
+        return total
+
+    @property
+    def metrics(self):
+        return list(super().metrics) + list(self._trackers.values())
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Write ``path_pattern.format(epoch=epoch + 1)`` after every epoch, atomically (temp file in
+    the same folder, then ``os.replace``)."""
+
+    def __init__(self, path_pattern):
+        super().__init__()
+        self.path_pattern = path_pattern
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.path_pattern.format(epoch=epoch + 1)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".weights.h5")
+        os.close(fd)
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+# ------------------------------------------------------------------------------------ facade
+class MaskRCNN:
+    """Mask R-CNN with Matterport's API: ``MaskRCNN(mode, config, model_dir)``.
+
+    mode: "training" (a :class:`MaskRCNNTrainingModel` whose inputs are the training-batch
+    dict of docs/INTERFACES.md) or "inference" (inputs input_image [B, H, W, C] and
+    input_image_meta; outputs detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois,
+    rpn_class, rpn_bbox).
+    """
+
+    def __init__(self, mode, config, model_dir):
+        if mode not in ("training", "inference"):
+            raise ValueError(f"MaskRCNN: mode must be 'training' or 'inference', got {mode!r}")
+        if not getattr(config, "NAME", None):
+            raise ValueError("MaskRCNN: config.NAME must be set (it names the log folders and "
+                             "checkpoints); override NAME in your Config subclass")
+        self.mode = mode
+        self.config = config
+        self.model_dir = os.fspath(model_dir)
+        self.epoch = 0
+        self.log_dir = None
+        self.checkpoint_path = None
+        self.keras_model = self.build(mode, config)
+        self.set_log_dir()
+
+    # -------------------------------------------------------------------------------- build
+    def build(self, mode, config):
+        """Build and return the Keras model for ``mode`` (see the class docstring)."""
+        c = config
+        channels = int(c.IMAGE_CHANNEL_COUNT)
+        if mode == "training":
+            h, w = int(c.IMAGE_SHAPE[0]), int(c.IMAGE_SHAPE[1])
+            if h % 64 or w % 64:
+                raise ValueError(f"training image size {h}x{w} must be divisible by 64 "
+                                 "(Config.IMAGE_MAX_DIM / IMAGE_MIN_DIM)")
+            input_image = keras.Input((h, w, channels), name="input_image")
+        else:
+            input_image = keras.Input((None, None, channels), name="input_image")
+        input_meta = keras.Input((c.IMAGE_META_SIZE,), name="input_image_meta")
+
+        c2, c3, c4, c5 = build_backbone(input_image, c)
+        p2, p3, p4, p5, p6 = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
+        rpn_maps = [p2, p3, p4, p5, p6]
+        mrcnn_maps = [p2, p3, p4, p5]
+
+        anchors = PyramidAnchors(c.RPN_ANCHOR_SCALES, c.RPN_ANCHOR_RATIOS, c.BACKBONE_STRIDES,
+                                 c.RPN_ANCHOR_STRIDE, name="anchors")(input_image)
+        rpn = build_rpn_model(c.RPN_ANCHOR_STRIDE, len(c.RPN_ANCHOR_RATIOS),
+                              c.TOP_DOWN_PYRAMID_SIZE)
+        rpn_class_logits, rpn_class, rpn_bbox = rpn_on_pyramid(rpn, rpn_maps)
+        count = c.POST_NMS_ROIS_TRAINING if mode == "training" else c.POST_NMS_ROIS_INFERENCE
+        rpn_rois = ProposalLayer(count, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                                 name="ROI")(rpn_class, rpn_bbox, anchors)
+        head_args = dict(norm=c.NORM, train_bn=c.TRAIN_BN, gn_groups=c.GN_GROUPS)
+        mask_head = build_fpn_mask_graph(c.NUM_CLASSES, **head_args)
+
+        if mode == "training":
+            if not c.USE_RPN_ROIS:
+                raise NotImplementedError("USE_RPN_ROIS = False (externally generated ROIs) is "
+                                          "not supported; set Config.USE_RPN_ROIS = True")
+            mini = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else (h, w)
+            in_match = keras.Input((None, 1), dtype="int32", name="input_rpn_match")
+            in_rpn_bbox = keras.Input((c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), name="input_rpn_bbox")
+            in_gt_ids = keras.Input((c.MAX_GT_INSTANCES,), dtype="int32",
+                                    name="input_gt_class_ids")
+            in_gt_boxes = keras.Input((c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
+            in_gt_masks = keras.Input(mini + (c.MAX_GT_INSTANCES,), dtype="bool",
+                                      name="input_gt_masks")
+            gt_boxes = NormBoxes(name="norm_gt_boxes")(in_gt_boxes, input_image)
+            rois, t_ids, t_bbox, t_mask = DetectionTargetLayer(
+                c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.BBOX_STD_DEV, c.MASK_SHAPE,
+                c.USE_MINI_MASK, seed=c.SEED, name="proposal_targets")(
+                rpn_rois, in_gt_ids, gt_boxes, in_gt_masks)
+            pooled = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), name="roi_align_classifier")(
+                rois, input_image, mrcnn_maps)
+            logits, probs, bbox = fpn_classifier_graph(
+                pooled, c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, **head_args)
+            mpooled = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE),
+                                      name="roi_align_mask")(rois, input_image, mrcnn_maps)
+            masks = mask_head(mpooled)
+            inputs = {"input_image": input_image, "input_image_meta": input_meta,
+                      "input_rpn_match": in_match, "input_rpn_bbox": in_rpn_bbox,
+                      "input_gt_class_ids": in_gt_ids, "input_gt_boxes": in_gt_boxes,
+                      "input_gt_masks": in_gt_masks}
+            outputs = {"rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class,
+                       "rpn_bbox": rpn_bbox, "rpn_rois": rpn_rois, "rois": rois,
+                       "target_class_ids": t_ids, "target_bbox": t_bbox, "target_mask": t_mask,
+                       "mrcnn_class_logits": logits, "mrcnn_class": probs, "mrcnn_bbox": bbox,
+                       "mrcnn_mask": masks}
+            return MaskRCNNTrainingModel(inputs, outputs, loss_weights=c.LOSS_WEIGHTS,
+                                         name="mask_rcnn")
+
+        pooled = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), name="roi_align_classifier")(
+            rpn_rois, input_image, mrcnn_maps)
+        logits, probs, bbox = fpn_classifier_graph(
+            pooled, c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, **head_args)
+        window = WindowFromMeta(name="window")(input_meta, input_image)
+        detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
+                                    c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
+                                    name="mrcnn_detection")(rpn_rois, probs, bbox, window)
+        det_boxes = TrimDetections(name="detection_boxes")(detections)
+        mpooled = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), name="roi_align_mask")(
+            det_boxes, input_image, mrcnn_maps)
+        masks = PadDetections(c.DETECTION_MAX_INSTANCES, name="mrcnn_mask_padded")(
+            mask_head(mpooled))
+        return keras.Model([input_image, input_meta],
+                           [detections, probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox],
+                           name="mask_rcnn")
+
+    # -------------------------------------------------------------------------------- logs
+    def set_log_dir(self, model_path=None):
+        """Choose the run folder and epoch counter. With ``model_path`` (a checkpoint written
+        by :meth:`train`) training continues in its folder after its epoch; otherwise a new
+        folder ``model_dir/<name><YYYYmmddTHHMM>`` is used."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        if model_path:
+            model_path = os.fspath(model_path)
+            m = _CKPT_RE.search(os.path.basename(model_path))
+            d = _DIR_RE.search(os.path.basename(os.path.dirname(os.path.abspath(model_path))))
+            if m:
+                self.epoch = int(m.group(1))
+            if m and d:
+                now = datetime.datetime(*(int(v) for v in d.groups()))
+        name = self.config.NAME.lower()
+        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
+        self.checkpoint_path = os.path.join(self.log_dir,
+                                            f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+
+    def find_last(self):
+        """Path of the newest checkpoint in the newest run folder of this config's NAME.
+        Raises FileNotFoundError when there is none."""
+        key = self.config.NAME.lower()
+        try:
+            dirs = sorted(d for d in os.listdir(self.model_dir)
+                          if d.startswith(key) and _DIR_RE.search(d)
+                          and os.path.isdir(os.path.join(self.model_dir, d)))
+        except FileNotFoundError:
+            dirs = []
+        if not dirs:
+            raise FileNotFoundError(
+                f"no run folder '{key}<YYYYmmddTHHMM>' in model_dir {self.model_dir!r}: nothing "
+                "to resume; train first or pass a weights path")
+        newest = os.path.join(self.model_dir, dirs[-1])
+        ckpts = sorted(f for f in os.listdir(newest) if _CKPT_RE.search(f)
+                       and f.startswith("mask_rcnn"))
+        if not ckpts:
+            raise FileNotFoundError(f"the newest run folder {newest!r} holds no checkpoint "
+                                    "(mask_rcnn_<name>_<epoch>.weights.h5)")
+        return os.path.join(newest, ckpts[-1])
+
+    # -------------------------------------------------------------------------------- weights
+    def load_weights(self, filepath, by_name=False, exclude=None):
+        """Load Matterport ``.h5`` or native ``.weights.h5`` weights (see mrcnn_nuclei.weights);
+        returns its report and, for a checkpoint of ours, continues its epoch numbering."""
+        from . import weights as W
+
+        report = W.load_weights(self.keras_model, filepath, by_name=by_name, exclude=exclude)
+        self.set_log_dir(filepath)
+        return report
+
+    def save_weights(self, filepath):
+        """Save native weights (+ the config JSON beside them) via mrcnn_nuclei.weights."""
+        from . import weights as W
+
+        return W.save_weights(self.keras_model, filepath, config=self.config)
+
+    def get_imagenet_weights(self):
+        """Path of the ImageNet ResNet-50 file on disk (never downloads)."""
+        from . import weights as W
+
+        return W.find_weights_file("imagenet")
+
+    # -------------------------------------------------------------------------------- training
+    def set_trainable(self, layer_regex, keras_model=None, verbose=0):
+        """Make layers whose name fully matches ``layer_regex`` trainable, freeze the rest.
+        Nested models (rpn_model) are entered; frozen batch norm stays frozen unless TRAIN_BN."""
+        model = keras_model or self.keras_model
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                self.set_trainable(layer_regex, layer, verbose)
+                continue
+            if not layer.weights:
+                continue
+            trainable = bool(re.fullmatch(layer_regex, layer.name))
+            if isinstance(layer, FrozenBatchNorm) and not layer.train_bn:
+                trainable = False
+            layer.trainable = trainable
+            if trainable and verbose > 0:
+                print(f"trainable: {layer.name}")
+
+    def compile(self, learning_rate, momentum):
+        """Compile the training model with SGD(momentum, weight decay, clipnorm) and warm-up."""
+        c = self.config
+        lr = learning_rate
+        if c.LEARNING_RATE_WARMUP_STEPS:
+            lr = WarmUp(learning_rate, c.LEARNING_RATE_WARMUP_STEPS)
+        opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum,
+                                   weight_decay=c.WEIGHT_DECAY or None,
+                                   clipnorm=c.GRADIENT_CLIP_NORM)
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        self.keras_model.compile(optimizer=opt, jit_compile=False)
+
+    def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing):
+        from .data.loader import TrainingLoader
+
+        return TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
+                              seed=self.config.SEED, workers=workers,
+                              use_multiprocessing=use_multiprocessing)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
+              custom_callbacks=None, workers=1, use_multiprocessing=False, verbose=1):
+        """Train until epoch ``epochs`` (a total: a staged schedule continues numbering).
+
+        layers: "heads", "3+", "4+", "5+", "all" or a regex over layer names.
+        Writes TensorBoard logs and a checkpoint per epoch to ``self.log_dir``.
+        Returns the keras History (None when there is nothing left to train).
+        """
+        if self.mode != "training":
+            raise ValueError("train() needs a model built with mode='training'")
+        regex = LAYER_REGEX.get(layers, layers)
+        try:
+            re.compile(regex)
+        except re.error as err:
+            raise ValueError(f"train(layers={layers!r}): not a known preset "
+                             f"({', '.join(LAYER_REGEX)}) nor a valid regex: {err}") from None
+        if epochs <= self.epoch:
+            logger.warning("train(): epochs=%d but the model is already at epoch %d", epochs,
+                           self.epoch)
+            return None
+        train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing)
+        val_gen = None
+        if val_dataset is not None:
+            val_gen = self._loader(val_dataset, True, None, workers, use_multiprocessing)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.config.save_json(os.path.join(self.log_dir, "config.json"))
+        callbacks = [keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
+                     AtomicCheckpoint(self.checkpoint_path)]
+        callbacks += list(custom_callbacks or [])
+        if verbose:
+            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
+                  f"Checkpoint Path: {self.checkpoint_path}")
+        self.set_trainable(regex)
+        self.compile(learning_rate, self.config.LEARNING_MOMENTUM)
+        history = self.keras_model.fit(
+            train_gen, initial_epoch=self.epoch, epochs=epochs,
+            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
+            validation_data=val_gen,
+            validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
+            verbose=verbose)
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # -------------------------------------------------------------------------------- inference
+    def mold_inputs(self, images):
+        """List of images -> (molded [N, H, W, C] float32 list, image_metas [N, META], windows).
+
+        Each image goes through data.convert.to_uint8 (grey, RGBA, 16-bit, float), the
+        configured resize, and mold_image. Shapes may differ between images (pad64)."""
+        from .data.convert import to_uint8
+        from .data.image_ops import compose_image_meta, mold_image, resize_image
+
+        c = self.config
+        molded, metas, windows = [], [], []
+        for i, image in enumerate(images):
+            try:
+                img = to_uint8(np.asarray(image), int(c.IMAGE_CHANNEL_COUNT))
+            except Exception as err:  # name the offending image
+                raise ValueError(f"detect(): image #{i} (shape {np.shape(image)}, dtype "
+                                 f"{np.asarray(image).dtype}) cannot be converted: {err}") from err
+            mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
+            out, window, scale, _, _ = resize_image(img, min_dim=c.IMAGE_MIN_DIM,
+                                                    min_scale=c.IMAGE_MIN_SCALE,
+                                                    max_dim=c.IMAGE_MAX_DIM, mode=mode)
+            molded.append(mold_image(out, c))
+            metas.append(compose_image_meta(0, img.shape, out.shape, window, scale,
+                                            np.zeros([c.NUM_CLASSES], np.int32)))
+            windows.append(window)
+        return molded, np.stack(metas), windows
+
+    def _run(self, molded, metas, verbose=0):
+        """Run the inference graph on molded images grouped by shape, BATCH_SIZE at a time.
+        Returns per image (detections [D, 6], mrcnn_mask [D, h, w, K])."""
+        if self.mode != "inference":
+            raise ValueError("detect() needs a model built with mode='inference'")
+        out = [None] * len(molded)
+        groups = {}
+        for i, m in enumerate(molded):
+            groups.setdefault(tuple(m.shape), []).append(i)
+        bs = max(1, int(self.config.BATCH_SIZE))
+        for shape, idx in groups.items():
+            if len(shape) != 3 or shape[2] != self.config.IMAGE_CHANNEL_COUNT:
+                raise ValueError(f"molded images must be [H, W, {self.config.IMAGE_CHANNEL_COUNT}]"
+                                 f" (IMAGE_CHANNEL_COUNT), got {shape}")
+            if shape[0] % 64 or shape[1] % 64:
+                raise ValueError(f"molded image size {shape[:2]} must be a multiple of 64; use "
+                                 "IMAGE_RESIZE_MODE 'square' or 'pad64'")
+            for s in range(0, len(idx), bs):
+                chunk = idx[s:s + bs]
+                x = np.stack([molded[i] for i in chunk]).astype(np.float32)
+                meta = np.stack([metas[i] for i in chunk]).astype(np.float32)
+                if verbose:
+                    log("molded_images", x)
+                    log("image_metas", meta)
+                res = self.keras_model.predict_on_batch([x, meta])
+                for j, i in enumerate(chunk):
+                    out[i] = (np.asarray(res[0][j]), np.asarray(res[3][j]))
+        return out
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
+                          window, soft=False):
+        """One image's graph outputs -> (rois [N,4] int32, class_ids [N] int32, scores [N]
+        float32, masks [H,W,N] bool, soft masks [H,W,N] float32 or None) at the original size."""
+        from .data.image_ops import denorm_boxes, unmold_mask
+
+        n = int(np.sum(detections[:, 4] > 0))
+        det = detections[:n]
+        class_ids = det[:, 4].astype(np.int32)
+        scores = det[:, 5].astype(np.float32)
+        masks = mrcnn_mask[np.arange(n), :, :, class_ids] if n else \
+            np.zeros((0,) + mrcnn_mask.shape[1:3], np.float32)
+        h, w = image_shape[:2]
+        wy1, wx1, wy2, wx2 = (np.asarray(window, np.float64) - [0, 0, 1, 1]) / [h - 1, w - 1,
+                                                                               h - 1, w - 1]
+        shift = np.array([wy1, wx1, wy1, wx1])
+        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        boxes = (det[:, :4] - shift) / scale
+        boxes = np.asarray(denorm_boxes(boxes, original_image_shape[:2]), np.int32).reshape(-1, 4)
+        oh, ow = original_image_shape[:2]
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, oh)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, ow)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+        full = np.zeros((oh, ow, len(boxes)), bool)
+        softs = np.zeros((oh, ow, len(boxes)), np.float32) if soft else None
+        for k in range(len(boxes)):  # one resize per instance (cost ~ box area)
+            full[:, :, k] = unmold_mask(masks[k], boxes[k], (oh, ow))
+            if soft:
+                softs[:, :, k] = _paste_soft(masks[k], boxes[k], (oh, ow))
+        return boxes, class_ids, scores, full, softs
+
+    def _detect(self, images, soft, verbose):
+        images = list(images)
+        if not images:
+            return []
+        molded, metas, windows = self.mold_inputs(images)
+        outs = self._run(molded, metas, verbose)
+        results = []
+        for image, m, window, (det, mask) in zip(images, molded, windows, outs):
+            orig = np.asarray(image).shape
+            rois, ids, scores, masks, softs = self.unmold_detections(det, mask, orig, m.shape,
+                                                                     window, soft=soft)
+            r = {"rois": rois, "class_ids": ids, "scores": scores, "masks": masks}
+            if soft:
+                r["soft_masks"] = softs
+            results.append(r)
+        return results
+
+    def detect(self, images, verbose=0):
+        """Detect nuclei. images: list of [H, W(, C)] arrays (any dtype/channels).
+        Returns one dict per image: rois [N, 4] int32 (y1, x1, y2, x2), class_ids [N] int32,
+        scores [N] float32, masks [H, W, N] bool at the original image size."""
+        return self._detect(images, soft=False, verbose=verbose)
+
+    def detect_soft(self, images, verbose=0):
+        """Like :meth:`detect`, plus "soft_masks" [H, W, N] float32 in [0, 1] (mask
+        probabilities pasted at full size, before thresholding) for TTA and ensembles."""
+        return self._detect(images, soft=True, verbose=verbose)
+
+    def detect_molded(self, molded_images, image_metas, verbose=0):
+        """Detect on already molded images [N, H, W, C] with their image_metas [N, META]
+        (original size and window read from the metas)."""
+        from .data.image_ops import parse_image_meta
+
+        molded = [np.asarray(m, np.float32) for m in molded_images]
+        if not molded:
+            return []
+        metas = np.asarray(image_metas, np.float32).reshape(len(molded), -1)
+        outs = self._run(molded, metas, verbose)
+        parsed = parse_image_meta(metas)
+        results = []
+        for i, (det, mask) in enumerate(outs):
+            orig = tuple(parsed["original_image_shape"][i])
+            rois, ids, scores, masks, _ = self.unmold_detections(
+                det, mask, orig, molded[i].shape, parsed["window"][i])
+            results.append({"rois": rois, "class_ids": ids, "scores": scores, "masks": masks})
+        return results
+
+    def ancestor(self, tensor, name, checked=None):  # pragma: no cover - Matterport debugging aid
+        raise NotImplementedError("ancestor() is a TF1 graph helper; use keras_model.get_layer")
+
+
+def _paste_soft(mask, box, shape):
+    """Bilinear resize of mask [h, w] into pixel box (y1, x1, y2, x2) of a zero image [H, W]."""
+    y1, x1, y2, x2 = (int(v) for v in box)
+    out = np.zeros(shape[:2], np.float32)
+    bh, bw = y2 - y1, x2 - x1
+    if bh <= 0 or bw <= 0:
+        return out
+    mh, mw = mask.shape
+    ys = np.clip((np.arange(bh) + 0.5) * mh / bh - 0.5, 0, mh - 1)
+    xs = np.clip((np.arange(bw) + 0.5) * mw / bw - 0.5, 0, mw - 1)
+    y0 = np.floor(ys).astype(int)
+    x0 = np.floor(xs).astype(int)
+    y1i = np.minimum(y0 + 1, mh - 1)
+    x1i = np.minimum(x0 + 1, mw - 1)
+    fy = (ys - y0)[:, None]
+    fx = (xs - x0)[None, :]
+    m = np.asarray(mask, np.float32)
+    top = m[y0][:, x0] * (1 - fx) + m[y0][:, x1i] * fx
+    bot = m[y1i][:, x0] * (1 - fx) + m[y1i][:, x1i] * fx
+    out[y1:y2, x1:x2] = top * (1 - fy) + bot * fy
+    return out
