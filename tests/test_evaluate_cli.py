@@ -1,0 +1,166 @@
+"""samples/nucleus/evaluate.py: the evaluation loop with a fake detector of known scores, outputs, CLI bits."""
+
+import csv
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from mrcnn_nuclei import metrics as M
+
+SCRIPT = Path(__file__).resolve().parents[1] / "samples" / "nucleus" / "evaluate.py"
+
+
+@pytest.fixture(scope="module")
+def ev():
+    spec = importlib.util.spec_from_file_location("nucleus_evaluate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    from mrcnn_nuclei.datasets import SyntheticNucleiDataset
+
+    ds = SyntheticNucleiDataset()
+    ds.load(3, seed=11, height=96, width=112, min_nuclei=4, max_nuclei=9)
+    ds.prepare()
+    return ds
+
+
+def key(image):
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def minus_one_detector(ds):
+    """Returns the ground truth with its largest nucleus removed, scores descending."""
+    table = {}
+    for i in ds.image_ids:
+        masks, _ = ds.load_mask(i)
+        drop = int(np.argmax(masks.sum(axis=(0, 1))))
+        kept = np.delete(masks, drop, axis=-1)
+        table[key(ds.load_image(i))] = (kept, masks)
+    calls = []
+
+    def detect(image):
+        kept, _ = table[key(image)]
+        calls.append(1)
+        n = kept.shape[-1]
+        return {"rois": np.zeros((n, 4), np.int32), "class_ids": np.ones(n, np.int32),
+                "scores": np.linspace(0.99, 0.5, n).astype(np.float32), "masks": kept}
+
+    return detect, table, calls
+
+
+def test_evaluate_dataset_known_scores_and_files(ev, dataset, tmp_path):
+    detect, table, calls = minus_one_detector(dataset)
+    ids = list(dataset.image_ids)
+    out = tmp_path / "eval"
+    summary = ev.evaluate_dataset(detect, dataset, ids, str(out), overlays=True, verbose=0)
+    assert len(calls) == len(ids)
+    # expected per-image values from the ground truth alone
+    exp_dsb, exp_f1, exp_aji, n_total, tp_total = [], [], [], 0, 0
+    for i in ids:
+        masks, _ = dataset.load_mask(i)
+        n = masks.shape[-1]
+        areas = masks.sum(axis=(0, 1))
+        exp_dsb.append((n - 1) / n)
+        exp_f1.append(2 * (n - 1) / (2 * n - 1))
+        exp_aji.append((areas.sum() - areas.max()) / areas.sum())
+        n_total += n
+        tp_total += n - 1
+    means = summary["means"]
+    assert means["dsb"] == pytest.approx(np.mean(exp_dsb))
+    assert means["f1"] == pytest.approx(np.mean(exp_f1))
+    assert means["pq"] == pytest.approx(np.mean(exp_f1))    # sq = 1 for exact masks
+    assert means["aji"] == pytest.approx(np.mean(exp_aji))
+    assert means["precision"] == 1.0 and means["sq"] == pytest.approx(1.0)
+    assert summary["totals"] == {"n_gt": n_total, "n_pred": tp_total, "tp": tp_total, "fp": 0,
+                                 "fn": len(ids)}
+    r_max = tp_total / n_total   # all detections correct: precision 1 up to this recall
+    exp_ap = np.sum(np.linspace(0, 1, 101) <= r_max) / 101
+    assert summary["coco"]["AP"] == pytest.approx(exp_ap)
+    assert summary["coco"]["AP50"] == pytest.approx(exp_ap)
+
+    # files
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(ids)
+    assert [float(r["dsb"]) for r in rows] == pytest.approx(exp_dsb, abs=1e-6)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["means"]["dsb"] == pytest.approx(np.mean(exp_dsb))
+    assert saved["n_images"] == len(ids)
+    coco = json.loads((out / "predictions_coco.json").read_text())
+    assert len(coco) == tp_total and {d["image_id"] for d in coco} == {1, 2, 3}
+    for i, row in zip(ids, rows):
+        name = row["image_id"]
+        lab = tifffile.imread(out / "labels" / f"{name}.tif")
+        kept, _ = table[key(dataset.load_image(i))]
+        assert M.dsb_score(kept, lab) == 1.0          # the label TIFF holds the prediction
+        png = np.array(Image.open(out / "overlays" / f"{name}.png"))
+        assert png.shape == dataset.load_image(i).shape[:2] + (3,)
+        assert np.all(png == (255, 255, 0), axis=-1).any()   # the missed nucleus is outlined
+
+
+def test_model_like_object_and_post_processing(ev, dataset, tmp_path):
+    detect, table, _ = minus_one_detector(dataset)
+
+    class FakeModel:  # anything with MaskRCNN's detect(images, verbose) signature
+        def detect(self, images, verbose=0):
+            r = detect(images[0])
+            masks = np.concatenate([r["masks"], r["masks"][..., :1]], axis=-1)  # + a duplicate
+            n = masks.shape[-1]
+            return [{"rois": np.zeros((n, 4), np.int32), "class_ids": np.ones(n, np.int32),
+                     "scores": np.linspace(0.9, 0.1, n), "masks": masks}]
+
+    s = ev.evaluate_dataset(FakeModel(), dataset, [0], str(tmp_path / "m"), verbose=0)
+    # the duplicate (lowest score) loses every pixel to the original and is dropped
+    assert s["totals"]["fp"] == 0 and s["totals"]["n_pred"] == s["totals"]["n_gt"] - 1
+    big = ev.evaluate_dataset(detect, dataset, [0], str(tmp_path / "b"), min_size=10 ** 6,
+                              verbose=0)
+    assert big["totals"]["n_pred"] == 0 and big["means"]["dsb"] == 0.0
+
+
+def test_bad_detector_output(ev, dataset, tmp_path):
+    with pytest.raises(ValueError, match="image size"):
+        ev.evaluate_dataset(lambda im: {"masks": np.zeros((5, 5, 1), bool)}, dataset, [0],
+                            str(tmp_path), verbose=0)
+    with pytest.raises(KeyError, match="masks"):
+        ev.evaluate_dataset(lambda im: {"rois": None}, dataset, [0], str(tmp_path), verbose=0)
+    with pytest.raises(TypeError, match="callable"):
+        ev.evaluate_dataset(42, dataset, [0], str(tmp_path), verbose=0)
+    with pytest.raises(ValueError, match="empty"):
+        ev.evaluate_dataset(lambda im: {}, dataset, [], str(tmp_path), verbose=0)
+
+
+def test_table_and_dataset_builders(ev, dsb_root):
+    ds, ids = ev.build_dataset("synthetic", "val", limit=2)
+    assert len(ids) == 2
+    ds, ids = ev.build_dataset(str(dsb_root), "val", limit=3)
+    assert len(ids) == 3 and len(ds.image_ids) == 68
+    with pytest.raises(SystemExit, match="not a folder"):
+        ev.build_dataset("/no/such/folder", "val")
+
+
+def test_inference_config_from_json_beside_weights(ev, tmp_path):
+    from mrcnn_nuclei.config import NucleusConfig
+
+    class Trained(NucleusConfig):
+        DETECTION_MAX_INSTANCES = 123
+
+    weights = tmp_path / "mask_rcnn_nucleus_0003.weights.h5"
+    weights.write_bytes(b"")
+    Trained().save_json(tmp_path / "mask_rcnn_nucleus_0003.json")
+    cfg = ev.inference_config(str(weights))
+    assert cfg.DETECTION_MAX_INSTANCES == 123
+    assert cfg.IMAGES_PER_GPU == 1 and cfg.BATCH_SIZE == 1
+    assert cfg.IMAGE_RESIZE_MODE == "pad64"
+    assert ev.inference_config(None).IMAGE_RESIZE_MODE == "pad64"
+    with pytest.raises(SystemExit, match="file not found"):
+        ev.build_model(str(tmp_path / "missing.h5"), str(tmp_path))
