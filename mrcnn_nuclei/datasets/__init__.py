@@ -2,6 +2,7 @@
 
 from .dsb import DSBDataset
 from .monuseg import MoNuSegDataset
+from .pannuke import PanNukeDataset
 from .synthetic import SyntheticNucleiDataset
 
-__all__ = ["DSBDataset", "MoNuSegDataset", "SyntheticNucleiDataset"]
+__all__ = ["DSBDataset", "MoNuSegDataset", "PanNukeDataset", "SyntheticNucleiDataset"]
