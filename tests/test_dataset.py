@@ -104,3 +104,13 @@ def test_utils_reexports_dataset_lazily():
     assert "compute_ap" in utils.__all__ and "resize_image" in utils.__all__
     with pytest.raises(AttributeError):
         utils.not_a_name  # noqa: B018
+
+
+def test_utils_matterport_names_resolve_to_their_homes():
+    """Every re-exported Matterport name resolves to a callable in its home module."""
+    import importlib
+
+    for name, module_name in utils._WHERE.items():
+        value = getattr(utils, name)
+        assert callable(value), name
+        assert value is getattr(importlib.import_module(module_name), name)

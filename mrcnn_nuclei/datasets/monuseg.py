@@ -18,9 +18,9 @@ e.g. a duplicated annotation (``"covered"``). Degenerate regions yield no instan
 logged and listed in ``image_info["degenerate"]`` as ``(region index, Region Id, reason)``, so
 ``len(instances) == image_info["n_regions"] - len(image_info["degenerate"])``.
 
-``image_info["organ"]`` comes from the TCGA tissue-source-site code (``TCGA-<site>-...``) with
-the organ labels of the MoNuSeg release (which calls the sites 18/21/38/49/50 "liver"); unknown
-sites give ``None``.
+``image_info["organ"]`` comes from the TCGA tissue-source-site code (``TCGA-<site>-...``) via
+``mrcnn_nuclei.folds.organ_of``: the organ labels of the MoNuSeg release (which calls the sites
+18/21/38/49/50 "liver"); unknown sites give ``None``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..data.convert import to_uint8
 from ..data.dataset import Dataset
+from ..folds import ORGAN_BY_SITE, organ_of  # one site -> organ table for the project
 
 __all__ = ["MoNuSegDataset", "parse_aperio_xml", "polygon_pixels", "rasterise_polygons",
            "ORGAN_BY_SITE", "organ_of"]
@@ -42,24 +43,6 @@ __all__ = ["MoNuSegDataset", "parse_aperio_xml", "polygon_pixels", "rasterise_po
 logger = logging.getLogger(__name__)
 
 SOURCE = "monuseg"
-
-#: TCGA tissue-source-site code -> organ, as labelled in the MoNuSeg 2018 training/test release.
-ORGAN_BY_SITE = {
-    "A7": "breast", "AR": "breast", "E2": "breast",
-    "B0": "kidney", "HE": "kidney",
-    "18": "liver", "21": "liver", "38": "liver", "49": "liver", "50": "liver",
-    "CH": "prostate", "G9": "prostate",
-    "DK": "bladder", "G2": "bladder",
-    "AY": "colon", "NH": "colon",
-    "KB": "stomach", "RD": "stomach",
-}
-
-
-def organ_of(name):
-    """Organ of a TCGA tile name such as ``"TCGA-21-5784-01Z-00-DX1"``, or ``None``."""
-    parts = str(name).split("-")
-    return ORGAN_BY_SITE.get(parts[1]) if len(parts) > 1 and parts[0] == "TCGA" else None
-
 
 _REGION_RE = re.compile(rb'<Region\s[^>]*?\bId="([^"]*)"')
 _VERTEX_RE = re.compile(rb'<Vertex\s+X="([^"]*)"\s+Y="([^"]*)"')
