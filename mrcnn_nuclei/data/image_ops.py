@@ -21,7 +21,8 @@ _MODES = ("none", "square", "pad64", "crop")
 
 # ---------------------------------------------------------------------------------------- resizing
 def resize(image, output_shape, order=1, preserve_range=True):
-    """skimage resize without anti-aliasing, keeping the input dtype (uint8 rounded and clipped).
+    """skimage resize without anti-aliasing, edge-clamped (no dark border, unlike mode
+    "constant"), keeping the input dtype (integers rounded and clipped).
 
     image: [H, W] or [H, W, C]; output_shape: (h, w).  Returns [h, w(, C)] of image.dtype.
     """
@@ -29,8 +30,8 @@ def resize(image, output_shape, order=1, preserve_range=True):
     out_shape = tuple(int(v) for v in output_shape[:2]) + image.shape[2:]
     if out_shape == image.shape:
         return image.copy()
-    out = skimage.transform.resize(image, out_shape, order=order, mode="constant", cval=0,
-                                   clip=True, preserve_range=preserve_range, anti_aliasing=False)
+    out = skimage.transform.resize(image, out_shape, order=order, mode="edge", clip=True,
+                                   preserve_range=preserve_range, anti_aliasing=False)
     if image.dtype == bool:
         return out >= 0.5
     if np.issubdtype(image.dtype, np.integer):
