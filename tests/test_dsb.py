@@ -204,3 +204,19 @@ def test_image_without_masks_raises_or_skips(tmp_path, caplog):
         ds = DSBDataset().load(root, skip_empty=True)
     assert [i["id"] for i in ds.image_info] == ["a1", "c3"]
     assert "skipped 1" in caplog.text
+
+
+def test_test_set_without_masks_and_load_nucleus(tmp_path):
+    root = _fake_tree(tmp_path, ids=("a1", "b2"))
+    test_dir = root / "stage1_test" / "t9" / "images"
+    test_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((6, 7), np.uint8)).save(test_dir / "t9.png")
+    ds = DSBDataset().load_nucleus(root, "stage1_test")
+    ds.prepare()
+    assert [i["id"] for i in ds.image_info] == ["t9"]
+    masks, ids = ds.load_mask(0)
+    assert masks.shape == (6, 7, 0) and ids.shape == (0,)
+    assert ds.load_image(0).shape == (6, 7, 3)
+    assert len(DSBDataset().load_nucleus(root, "stage1_train").image_info) == 2
+    with pytest.raises(FileNotFoundError, match="stage2_test"):
+        DSBDataset().load_nucleus(root, "stage2_test")

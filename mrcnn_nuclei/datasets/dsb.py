@@ -116,7 +116,8 @@ def _read_ids(ids, what):
 class DSBDataset(Dataset):
     """DSB2018 stage-1 nuclei: ``ds.load(root, ids=None, subset=None)`` then ``ds.prepare()``."""
 
-    def load(self, root, ids=None, subset=None, solution_csv=None, skip_empty=False, channels=3):
+    def load(self, root, ids=None, subset=None, solution_csv=None, skip_empty=False, channels=3,
+             require_masks=True):
         """Register DSB images.
 
         root: folder holding ``stage1_train/`` (or that folder itself). ids: list of ids or a path
@@ -124,7 +125,8 @@ class DSBDataset(Dataset):
         ``"train"`` = all others (not together with ``ids``). solution_csv: read masks from a
         Kaggle run-length CSV instead of ``masks/*.png``. skip_empty: skip images without masks
         (logged) instead of raising. channels: channels of ``load_image`` (default 3).
-        Returns ``self``.
+        require_masks: False registers images without masks too (test sets such as
+        ``stage1_test``; their ``load_mask`` returns ``N = 0``). Returns ``self``.
         """
         image_root, split_root = _image_root(root)
         if ids is not None and subset is not None:
@@ -159,27 +161,24 @@ class DSBDataset(Dataset):
                 raise FileNotFoundError(f"image folder not found: {folder} (id {image_id!r})")
             if not image_path.is_file():
                 raise FileNotFoundError(f"image file not found: {image_path}")
-            extra = {}
             if labels is not None:
-                entry = labels.get(image_id)
-                if entry is None or not entry["rles"]:
-                    if skip_empty:
-                        skipped.append(image_id)
-                        continue
-                    raise ValueError(f"{solution_csv} has no masks for image {image_id} "
-                                     f"({folder}); pass skip_empty=True to skip such images")
+                entry = labels.get(image_id) or {"rles": [], "shape": None}
                 extra = {"rles": entry["rles"], "rle_shape": entry["shape"]}
+                n_masks = len(entry["rles"])
+                problem = f"{solution_csv} has no masks for image {image_id} ({folder})"
             else:
                 mask_dir = folder / "masks"
                 names = sorted(n for n in os.listdir(mask_dir) if n.lower().endswith(".png")) \
                     if mask_dir.is_dir() else []
-                if not names:
-                    if skip_empty:
-                        skipped.append(image_id)
-                        continue
-                    raise ValueError(f"no mask PNGs in {mask_dir} (image {image_id}); pass "
-                                     "skip_empty=True to skip images without masks")
                 extra = {"mask_paths": [str(mask_dir / n) for n in names]}
+                n_masks = len(names)
+                problem = f"no mask PNGs in {mask_dir} (image {image_id})"
+            if n_masks == 0 and require_masks:
+                if skip_empty:
+                    skipped.append(image_id)
+                    continue
+                raise ValueError(f"{problem}; pass skip_empty=True to skip images without masks "
+                                 "(or require_masks=False for a test set)")
             try:
                 with Image.open(image_path) as im:
                     width, height = im.size
@@ -234,3 +233,18 @@ class DSBDataset(Dataset):
     def image_reference(self, image_id):
         """Path of the image file."""
         return self._info(image_id)["path"]
+
+    def load_nucleus(self, dataset_dir, subset):
+        """Matterport's nucleus-sample entry point.
+
+        subset: ``"train"``/``"val"`` (the split of ``val_ids.txt`` in ``stage1_train``) or a
+        folder name below ``dataset_dir`` such as ``"stage1_train"`` or ``"stage1_test"``
+        (images without masks allowed). Note: Matterport's sample used its own 25 val ids.
+        """
+        if subset in ("train", "val"):
+            return self.load(dataset_dir, subset=subset)
+        folder = Path(dataset_dir) / subset
+        if not folder.is_dir():
+            raise FileNotFoundError(f"subset folder not found: {folder} (subset is 'train', "
+                                    "'val' or a folder name such as 'stage1_test')")
+        return self.load(folder, require_masks=False)
