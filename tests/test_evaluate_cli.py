@@ -164,3 +164,23 @@ def test_inference_config_from_json_beside_weights(ev, tmp_path):
     assert ev.inference_config(None).IMAGE_RESIZE_MODE == "pad64"
     with pytest.raises(SystemExit, match="file not found"):
         ev.build_model(str(tmp_path / "missing.h5"), str(tmp_path))
+
+
+def test_weights_last_without_checkpoint(ev, tmp_path):
+    with pytest.raises(SystemExit, match="--weights=last"):
+        ev.build_model("last", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_command_line_with_the_real_model(ev, tmp_path, capsys):
+    """End to end: real MaskRCNN (random weights), synthetic val images, every output file."""
+    out = tmp_path / "cli"
+    summary = ev.main(["--dataset=synthetic", "--subset=val", "--weights=none",
+                       f"--logs={tmp_path / 'logs'}", f"--out={out}", "--limit", "1",
+                       "--overlays"])
+    assert summary["n_images"] == 1
+    assert "DSB2018 score" in capsys.readouterr().out
+    for name in ("per_image.csv", "summary.json", "predictions_coco.json"):
+        assert (out / name).is_file()
+    assert len(list((out / "labels").glob("*.tif"))) == 1
+    assert len(list((out / "overlays").glob("*.png"))) == 1

@@ -35,6 +35,7 @@ import re
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -253,9 +254,12 @@ def build_model(weights, logs):
                          f"the newest checkpoint under --logs, or 'none')")
     path = None
     if weights == "last":
-        probe = MaskRCNN(mode="inference", config=inference_config(), model_dir=logs)
-        path = probe.find_last()
-        del probe
+        # find_last only needs config.NAME and model_dir: ask it without building a model
+        probe = types.SimpleNamespace(config=inference_config(), model_dir=os.fspath(logs))
+        try:
+            path = MaskRCNN.find_last(probe)
+        except FileNotFoundError as e:
+            raise SystemExit(f"--weights=last: {e}") from None
     elif weights != "none":
         path = weights
     config = inference_config(path)
