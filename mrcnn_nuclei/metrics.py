@@ -44,6 +44,9 @@ __all__ = [
     "compute_recall", "pannuke_bpq", "pannuke_mpq",
 ]
 
+#: Largest dense contingency table (entries) built for one image (~1 GB of int64).
+_MAX_TABLE = 2 ** 27
+
 #: IoU thresholds of the Kaggle DSB2018 score: 0.50, 0.55, ..., 0.95.
 DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -143,6 +146,10 @@ class Contingency:
         p, self.pred_ids = relabel_sequential(pred)
         self.n_gt, self.n_pred = self.gt_ids.size, self.pred_ids.size
         cols = self.n_pred + 1
+        if (self.n_gt + 1) * cols > _MAX_TABLE:
+            raise ValueError(f"{self.n_gt} GT x {self.n_pred} predicted instances make a "
+                             f"contingency table over {_MAX_TABLE} entries; evaluate tiles of "
+                             "the slide separately (e.g. 2048x2048) and average")
         counts = np.bincount((g * cols + p).ravel(), minlength=(self.n_gt + 1) * cols)
         self.table = counts.reshape(self.n_gt + 1, cols)
         self.gt_area = self.table[1:].sum(axis=1)
@@ -365,7 +372,9 @@ def _instance_rles(x, name):
 
     x = np.asarray(x)
     if x.ndim == 3:
-        to_label(x[:, :, :0], name)  # dtype checks only
+        if x.dtype != bool and not np.isin(x, (0, 1)).all():
+            raise TypeError(f"{name}: an instance stack must be bool or 0/1, got dtype {x.dtype}; "
+                            "threshold soft masks first (masks >= 0.5)")
         if x.shape[-1] == 0:
             return []
         return mask_utils.encode(np.asfortranarray(x.astype(np.uint8)))

@@ -289,6 +289,10 @@ def test_bad_input_errors():
         M.dice(gt[None, None], gt)
     with pytest.raises(ValueError, match="scores"):
         M.coco_mask_ap([gt], [gt], scores=[[1.0]])
+    with pytest.raises(TypeError, match="bool or 0/1"):
+        M.coco_mask_ap([gt], [np.full(gt.shape + (2,), 0.7)])
+    with pytest.raises(TypeError, match="0/1"):
+        M.to_label(np.full((4, 4, 2), 0.7))
 
 
 # --------------------------------------------------------------------------- COCO AP
@@ -553,3 +557,18 @@ def test_coco_numpy_backend_empty_cases():
     assert M.coco_mask_ap([gt], [empty], backend="numpy")["AP"] == 0.0
     assert np.isnan(M.coco_mask_ap([empty], [gt], backend="numpy")["AP"])
     assert M.coco_mask_ap([gt], [gt], backend="numpy")["AP"] == pytest.approx(1.0)
+
+
+def test_huge_and_sparse_ids_and_match_instances():
+    gt, pred = pairs(4)
+    big_gt = np.where(gt > 0, gt.astype(np.int64) * 10 ** 9 + 7, 0)  # np.unique fallback path
+    assert M.evaluate_all(big_gt, pred) == M.evaluate_all(gt, pred)
+    lab, ids = M.relabel_sequential(big_gt)
+    assert lab.max() == ids.size == len(np.unique(gt)) - 1
+    np.testing.assert_array_equal(ids[lab[gt > 0] - 1], big_gt[gt > 0])
+    g_ids, p_ids, ious = M.match_instances(big_gt, pred)
+    iou, *_ = bf_ious(gt, pred)
+    assert len(g_ids) == len(bf_match(iou, 0.5))
+    for g, p, v in zip(g_ids, p_ids, ious):
+        a, b = big_gt == g, pred == p
+        assert v == pytest.approx((a & b).sum() / (a | b).sum()) and v > 0.5
