@@ -248,9 +248,8 @@ def rle_decode(rle, shape):
     if vals.size and (starts.min() < 0 or lengths.min() < 0 or (starts + lengths).max() > h * w):
         raise ValueError(f"rle: runs must lie in pixels 1..{h * w} of a {h}x{w} image (1-based, "
                          "column-major)")
-    delta = np.zeros(h * w + 1, np.int64)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, starts + lengths, -1)
+    delta = np.bincount(starts, minlength=h * w + 1) - \
+        np.bincount(starts + lengths, minlength=h * w + 1)
     flat = np.cumsum(delta[:-1]) > 0
     return flat.reshape((w, h)).T.copy()
 
