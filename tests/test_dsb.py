@@ -55,7 +55,8 @@ def test_loads_all_images_with_groups(dsb, dsb_root):
     assert dsb.num_images == 664
     assert dsb.class_names == ["BG", "nucleus"]
     with open(dsb_root / "image_groups.tsv", newline="") as f:
-        table = {r["image_id"]: (r["group"], int(r["n_masks"])) for r in csv.DictReader(f, delimiter="\t")}
+        table = {r["image_id"]: (r["group"], int(r["n_masks"]))
+                 for r in csv.DictReader(f, delimiter="\t")}
     for image_id, (group, n) in KNOWN.items():
         assert table[image_id] == (group, n)
         i = dsb.image_from_source_map[f"nucleus.{image_id}"]
@@ -89,7 +90,7 @@ def test_subsets(dsb_root):
     listed = {l.strip() for l in (dsb_root / "val_ids.txt").read_text().split() if l.strip()}
     assert val_ids == listed
     by_file = DSBDataset().load(dsb_root, ids=dsb_root / "val_ids.txt")
-    assert [i["id"] for i in by_file.image_info] == [i for i in (dsb_root / "val_ids.txt").read_text().split()]
+    assert [i["id"] for i in by_file.image_info] == (dsb_root / "val_ids.txt").read_text().split()
 
 
 def test_rle_decode_hand_made():

@@ -1,4 +1,4 @@
-"""PanNukeDataset on small arrays written in the exact PanNuke format (released and flat layouts)."""
+"""PanNukeDataset on small arrays in the exact PanNuke format (released and flat layouts)."""
 
 import numpy as np
 import pytest

@@ -151,5 +151,5 @@ def read_image(path):
             return np.asarray(im)
     except Exception as exc:  # noqa: BLE001
         errors.append(f"Pillow: {exc}")
-    raise ValueError(f"cannot read image file {path}: {'; '.join(errors)}. Check that the file is a "
-                     "complete PNG/TIFF/JPEG (re-download or re-export it)")
+    raise ValueError(f"cannot read image file {path}: {'; '.join(errors)}. Check that the file "
+                     "is a complete PNG/TIFF/JPEG (re-download or re-export it)")

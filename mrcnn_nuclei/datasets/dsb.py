@@ -64,7 +64,7 @@ def rle_decode(rle_string, shape):
 
 
 def read_rle_csv(path):
-    """Read a Kaggle run-length CSV -> ``{image_id: {"rles": [str, ...], "shape": (H, W) or None}}``.
+    """Read a Kaggle run-length CSV -> ``{image_id: {"rles": [str], "shape": (H, W) or None}}``.
 
     Rows with an empty ``EncodedPixels`` add no mask. Insertion order follows the file.
     """
@@ -76,7 +76,8 @@ def read_rle_csv(path):
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "ImageId" not in fields or "EncodedPixels" not in fields:
-            raise ValueError(f"{path}: needs the columns ImageId and EncodedPixels (found {fields})")
+            raise ValueError(f"{path}: needs the columns ImageId and EncodedPixels "
+                             f"(found {fields})")
         has_shape = "Height" in fields and "Width" in fields
         for row in reader:
             entry = out.setdefault(row["ImageId"], {"rles": [], "shape": None})
@@ -199,7 +200,8 @@ class DSBDataset(Dataset):
             if path.is_file():
                 with open(path, newline="") as f:
                     rows = csv.DictReader(f, delimiter="\t")
-                    return {row["image_id"]: row.get("group") for row in rows if row.get("image_id")}
+                    return {row["image_id"]: row.get("group") for row in rows
+                            if row.get("image_id")}
         return {}
 
     def load_mask(self, image_id):

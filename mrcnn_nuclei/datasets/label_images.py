@@ -71,7 +71,7 @@ def read_label_image(path):
         array = array[:, :, 0]
     if array.ndim == 3:
         rgb = array[:, :, :3].astype(np.int64)
-        if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]):
+        if (rgb[:, :, :1] == rgb).all():  # grey stored as RGB
             array = rgb[:, :, 0]
         else:
             packed = (rgb[:, :, 0] << 32) | (rgb[:, :, 1] << 16) | rgb[:, :, 2]

@@ -137,7 +137,8 @@ def polygon_pixels(polygons, shape):
     # Centres on horizontal edges (integer y) and on vertices with integer x and y: boundary,
     # counted as inside like skimage.draw.polygon does.
     flat_edge = (yi == yj) & (yi == np.round(yi)) & (yi >= 0) & (yi < height)
-    c0 = np.concatenate([c0, np.maximum(np.ceil(np.minimum(xi, xj)[flat_edge]), 0).astype(np.int64)])
+    c0 = np.concatenate([c0, np.maximum(np.ceil(np.minimum(xi, xj)[flat_edge]),
+                                        0).astype(np.int64)])
     c1 = np.concatenate([c1, np.minimum(np.floor(np.maximum(xi, xj)[flat_edge]),
                                         width - 1).astype(np.int64)])
     span_row = np.concatenate([span_row, yi[flat_edge].astype(np.int64)])

@@ -101,7 +101,8 @@ def _rasterise(height, width, cy, cx, a, b, theta, wobble, wobble_phase, r_max):
     u = (dx * cos + dy * sin) / a[:, None, None]
     v = (-dx * sin + dy * cos) / b[:, None, None]
     r = np.sqrt(u * u + v * v)                                             # [n, P, P]
-    edge = 1.0 + wobble[:, None, None] * np.sin(3.0 * np.arctan2(v, u) + wobble_phase[:, None, None])
+    angle = np.arctan2(v, u)
+    edge = 1.0 + wobble[:, None, None] * np.sin(3.0 * angle + wobble_phase[:, None, None])
     inside = (r <= edge) & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
     k, iy, ix = np.nonzero(inside)
     flat = (yy[k, iy, 0] * width + xx[k, 0, ix])
@@ -160,7 +161,8 @@ def _render(rng, labels, shade, colour):
     eosin = ndimage.gaussian_filter(eosin, sigma)
     # Camera noise on the densities (shared by R, G, B: cheaper, and looks the same).
     hema += np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(hema.shape, np.float32)
-    od = hema[..., None] * (-1.6 * _HEMATOXYLIN) + np.clip(eosin, 0, None)[..., None] * (-1.6 * _EOSIN)
+    od = (hema[..., None] * (-1.6 * _HEMATOXYLIN)
+          + np.clip(eosin, 0, None)[..., None] * (-1.6 * _EOSIN))
     return np.clip(np.exp(od, out=od), 0.0, 1.0)
 
 
