@@ -25,8 +25,8 @@ def test_coco_results_from_label_decode_and_boxes():
     res = E.coco_results(7, lab, scores=[0.1, 0.5, 0.9])
     assert [r["score"] for r in res] == [0.1, 0.5, 0.9]  # ascending ids 2, 4, 9
     for r, v in zip(res, (2, 4, 9)):
-        m = mu.decode({"size": r["segmentation"]["size"],
-                       "counts": r["segmentation"]["counts"].encode()})
+        m = mu.decode([{"size": r["segmentation"]["size"],
+                        "counts": r["segmentation"]["counts"].encode()}])[..., 0]
         np.testing.assert_array_equal(m.astype(bool), lab == v)
         ys, xs = np.nonzero(lab == v)
         assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
@@ -43,8 +43,8 @@ def test_stack_and_detection_dict_and_errors():
     res = E.detections_to_coco(np.int64(3), r)
     assert [x["category_id"] for x in res] == [1, 1, 2]
     assert isinstance(res[0]["image_id"], int)
-    m = mu.decode({"size": res[2]["segmentation"]["size"],
-                   "counts": res[2]["segmentation"]["counts"]})
+    m = mu.decode([{"size": res[2]["segmentation"]["size"],
+                    "counts": res[2]["segmentation"]["counts"]}])[..., 0]
     np.testing.assert_array_equal(m.astype(bool), stack[..., 2])
     assert E.coco_results(1, np.zeros((5, 5), np.int32)) == []
     assert E.coco_results(1, np.zeros((5, 5, 0), bool)) == []
