@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mrcnn_nuclei.inference.ensemble import Ensemble
-from tests.test_tta import BlobDetector, _asymmetric_image, _canonical
+from test_tta import BlobDetector, _asymmetric_image, _canonical
 
 
 def _graded_image():
