@@ -11,6 +11,9 @@ from pycocotools.cocoeval import COCOeval
 
 from mrcnn_nuclei import export as E
 
+# pycocotools' decode() trips a NumPy 2 deprecation inside its Cython code; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 def label_image():
     lab = np.zeros((30, 40), np.int32)
