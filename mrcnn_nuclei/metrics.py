@@ -183,10 +183,6 @@ def contingency(gt, pred):
     return gt if isinstance(gt, Contingency) else Contingency(gt, pred)
 
 
-def _table(gt, pred):
-    return gt if isinstance(gt, Contingency) and pred is None else Contingency(gt, pred)
-
-
 def match_instances(gt, pred, iou=0.5):
     """Unique matching of nuclei. Returns ``(gt_ids [K], pred_ids [K], ious [K])`` in original label ids.
 
@@ -303,7 +299,13 @@ def panoptic_quality(gt, pred, match_iou=0.5):
 
 
 def dice(gt, pred):
-    """Pixel Dice of the foregrounds (``label > 0``): 2|A&B| / (|A| + |B|). Empty vs empty = 1.0."""
+    """Pixel Dice of the foregrounds (``label > 0``): 2|A&B| / (|A| + |B|). Empty vs empty = 1.0.
+
+    Besides label images and stacks, ``[H, W]`` bool foreground masks are accepted here.
+    """
+    gt = np.asarray(gt, np.uint8) if np.asarray(gt).dtype == bool and np.ndim(gt) == 2 else gt
+    pred = np.asarray(pred, np.uint8) if np.asarray(pred).dtype == bool and np.ndim(pred) == 2 \
+        else pred
     gt, pred = _pair(gt, pred)
     a, b = gt > 0, pred > 0
     total = int(a.sum()) + int(b.sum())

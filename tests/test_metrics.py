@@ -284,7 +284,8 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=">= 0"):
         M.panoptic_quality(gt, -gt)
     with pytest.raises(TypeError, match="foreground mask"):
-        M.dice(gt > 0, gt)
+        M.aji(gt > 0, gt)
+    assert M.dice(gt > 0, gt) == 1.0  # dice alone takes bool foregrounds
     with pytest.raises(ValueError, match="label image"):
         M.dice(gt[None, None], gt)
     with pytest.raises(ValueError, match="scores"):
