@@ -51,3 +51,17 @@ def test_bad_arguments():
         Ensemble([BlobDetector()], min_runs=2)
     with pytest.raises(TypeError, match="detect"):
         Ensemble([object()])
+
+
+def test_ensemble_of_real_models(tmp_path):
+    from test_tta import _tiny_inference_model
+
+    model = _tiny_inference_model(tmp_path)
+    img = np.random.default_rng(1).integers(0, 255, (64, 96, 3)).astype(np.uint8)
+    direct = model.detect_soft([img])[0]
+    out = Ensemble([model, model]).detect([img])[0]     # a model agrees with itself
+    assert out["masks"].shape[:2] == (64, 96)
+    assert 0 < len(out["scores"]) <= len(direct["scores"])
+    assert (out["n_runs"] == 2).all()
+    # every merged instance is one of the model's own instances (same scores)
+    assert set(np.round(out["scores"], 5)) <= set(np.round(direct["scores"], 5))

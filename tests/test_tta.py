@@ -115,3 +115,48 @@ def test_default_transforms_and_errors():
     assert merged["soft_masks"].dtype == np.float32
     with pytest.raises(ValueError, match="unknown TTA transform"):
         tta_detect(BlobDetector(), img, transforms=("orig", "rot45"))
+
+
+# --------------------------------------------------------------------------- with the real model
+def _tiny_inference_model(tmp_path):
+    keras = pytest.importorskip("keras")
+    from mrcnn_nuclei.config import Config
+    from mrcnn_nuclei.model import MaskRCNN
+
+    attrs = dict(NAME="tta_test", NUM_CLASSES=2, IMAGES_PER_GPU=1, BACKBONE="resnet18",
+                 IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128,
+                 TOP_DOWN_PYRAMID_SIZE=32, FPN_CLASSIF_FC_LAYERS_SIZE=64,
+                 RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), POST_NMS_ROIS_INFERENCE=64,
+                 PRE_NMS_LIMIT=500, DETECTION_MAX_INSTANCES=15, DETECTION_MIN_CONFIDENCE=0.0)
+    keras.utils.set_random_seed(4)
+    return MaskRCNN("inference", type("TTAConfig", (Config,), attrs)(), tmp_path)
+
+
+def test_real_model_runs_are_mapped_back_to_the_original_frame(tmp_path):
+    model = _tiny_inference_model(tmp_path)
+    img = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
+    img[20:40, 10:50] = 230
+    merged, runs = tta_detect(model, img, transforms=("orig", "hflip", "vflip"),
+                              merge_kwargs={"min_runs": 1}, return_runs=True)
+    direct = {t: model.detect_soft([apply_transform(t, img)])[0] for t in ("orig", "hflip", "vflip")}
+    assert len(direct["orig"]["scores"]) > 0   # random weights, confidence 0: detections exist
+    for t, run in zip(("orig", "hflip", "vflip"), runs):
+        want = direct[t]["soft_masks"]
+        want = want[:, ::-1] if t == "hflip" else want[::-1] if t == "vflip" else want
+        np.testing.assert_allclose(run["soft_masks"], want, atol=1e-6)
+        assert run["masks"].shape[:2] == img.shape[:2]
+        # boxes mirrored by hand: a pixel column c maps to W - 1 - c, so [x1, x2) -> [W - x2, W - x1)
+        h, w = img.shape[:2]
+        y1, x1, y2, x2 = np.asarray(direct[t]["rois"]).T
+        if t == "hflip":
+            x1, x2 = w - x2, w - x1
+        if t == "vflip":
+            y1, y2 = h - y2, h - y1
+        assert np.array_equal(run["rois"], np.stack([y1, x1, y2, x2], 1))
+        # and every mapped mask lies inside its mapped box
+        for k, (a, b, c, d) in enumerate(run["rois"]):
+            inside = np.zeros(img.shape[:2], bool)
+            inside[a:c, b:d] = True
+            assert not (run["masks"][..., k] & ~inside).any()
+    assert merged["masks"].shape[:2] == img.shape[:2]
+    assert len(merged["scores"]) >= 1
