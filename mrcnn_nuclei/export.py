@@ -75,7 +75,7 @@ def coco_results(image_id, masks, scores=None, category_ids=None):
 
 
 def detections_to_coco(image_id, r):
-    """COCO result dicts from one ``MaskRCNN.detect`` result ``r`` (``masks``, ``scores``, ``class_ids``)."""
+    """COCO result dicts from one ``MaskRCNN.detect`` result dict (masks, scores, class_ids)."""
     return coco_results(image_id, r["masks"], r.get("scores"), r.get("class_ids"))
 
 

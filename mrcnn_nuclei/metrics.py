@@ -100,7 +100,9 @@ def to_label(x, name="label"):
 
 
 def relabel_sequential(label):
-    """Relabel ``[H, W]`` ids to ``0..n`` keeping their order. Returns ``(label [H, W] int64, ids [n])``.
+    """Relabel ``[H, W]`` ids to ``0..n`` keeping their order.
+
+    Returns ``(label [H, W] int64, ids [n])``.
 
     ``ids[k]`` is the original id of new id ``k + 1``.
     """
@@ -165,7 +167,10 @@ class Contingency:
         return self.n_gt == 0 and self.n_pred == 0
 
     def match(self, iou_threshold=0.5):
-        """Unique pairs with IoU > threshold. Returns ``(gt_idx [K], pred_idx [K], iou [K])`` (0-based rows/cols)."""
+        """Unique pairs with IoU > threshold.
+
+        Returns ``(gt_idx [K], pred_idx [K], iou [K])`` as 0-based rows/columns.
+        """
         if self.n_gt == 0 or self.n_pred == 0:
             e = np.zeros(0, np.int64)
             return e, e, np.zeros(0)
@@ -179,12 +184,14 @@ class Contingency:
 
 
 def contingency(gt, pred):
-    """:class:`Contingency` of ``gt`` and ``pred`` (label images ``[H, W]`` or stacks ``[H, W, N]``)."""
+    """:class:`Contingency` of ``gt`` and ``pred`` (label images ``[H, W]`` or ``[H, W, N]``)."""
     return gt if isinstance(gt, Contingency) else Contingency(gt, pred)
 
 
 def match_instances(gt, pred, iou=0.5):
-    """Unique matching of nuclei. Returns ``(gt_ids [K], pred_ids [K], ious [K])`` in original label ids.
+    """Unique matching of nuclei.
+
+    Returns ``(gt_ids [K], pred_ids [K], ious [K])`` in the original label ids.
 
     Pairs have IoU > ``iou``; for ``iou >= 0.5`` this is unique by construction, below that the
     Hungarian assignment maximising summed IoU is used.
@@ -289,7 +296,9 @@ def _pq(c, match_iou=0.5):
 
 
 def panoptic_quality(gt, pred, match_iou=0.5):
-    """Panoptic quality of one image (Kirillov et al.; HoVer-Net ``get_fast_pq``). Returns ``(pq, dq, sq)``.
+    """Panoptic quality of one image (Kirillov et al.; HoVer-Net ``get_fast_pq``).
+
+    Returns ``(pq, dq, sq)``.
 
     Unique matching at IoU > ``match_iou``; ``dq = TP / (TP + FP/2 + FN/2)``, ``sq`` = mean IoU of
     the TPs (0.0 when there is none), ``pq = dq * sq``.  Empty vs empty returns
@@ -444,7 +453,8 @@ def coco_mask_ap(gts, preds, scores=None, max_dets=(1, 10, 1000), backend="pycoc
         scores: optional list of ``[n_pred]`` confidences per image (channel order for stacks,
             ascending label id for label images); default 1.0 for every instance.
         max_dets: COCOeval ``maxDets``; AP uses the largest value (COCOeval sorts them). The
-            default 1000 keeps every nucleus of crowded images (COCO's standard is ``(1, 10, 100)``).
+            default 1000 keeps every nucleus of crowded images (COCO's standard is
+            ``(1, 10, 100)``).
         backend: ``"pycocotools"`` runs COCOeval itself (RLE masks); ``"numpy"`` runs the same
             matching and accumulation on the contingency-table IoUs, about 50x faster on crowded
             images and equal to COCOeval (the tests check this).
@@ -581,7 +591,7 @@ def _coco_ap_numpy(gts, preds, scores, max_det):
 
 # --------------------------------------------------------------------------- Matterport API
 def compute_overlaps_masks(masks1, masks2):
-    """IoU between two instance stacks ``[H, W, N1]``, ``[H, W, N2]`` (may overlap). Returns ``[N1, N2]``.
+    """IoU between instance stacks ``[H, W, N1]`` and ``[H, W, N2]`` (may overlap): ``[N1, N2]``.
 
     Uses sparse products of the foreground pixel sets, so large images stay cheap.
     """
@@ -621,7 +631,8 @@ def compute_matches(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids
 
     Args: boxes ``[N, 4]`` (all-zero rows are padding and dropped), class ids ``[N]``, masks
     ``[H, W, N]``, scores ``[N_pred]``. Predictions are sorted by score (descending); each takes
-    the unmatched ground truth of highest IoU if that IoU >= ``iou_threshold`` and the classes agree.
+    the unmatched ground truth of highest IoU if that IoU >= ``iou_threshold`` and the classes
+    agree.
     Returns ``gt_match [N_gt]`` (index of the matched sorted prediction or -1),
     ``pred_match [N_pred]`` (matched gt index or -1) and ``overlaps [N_pred, N_gt]`` (sorted preds).
     """
@@ -722,7 +733,7 @@ def compute_recall(pred_boxes, gt_boxes, iou):
 
 # --------------------------------------------------------------------------- PanNuke
 def _pannuke_stack(x, n_classes, name):
-    """Per-class instance maps ``[H, W, n_classes]`` from a PanNuke stack or a (label, class map) pair."""
+    """Per-class instance maps ``[H, W, n_classes]`` from a PanNuke stack or (label, class_map)."""
     if isinstance(x, (tuple, list)) and len(x) == 2:
         label, cls = to_label(x[0], f"{name}[0]"), np.asarray(x[1])
         if cls.shape != label.shape:
@@ -773,7 +784,9 @@ def _check_lists(a, b, tissues, names):
 
 
 def pannuke_bpq(gts, preds, tissues, n_classes=5):
-    """PanNuke binary PQ (Gamper et al. 2020): per-image PQ of all nuclei, tissue means, then their mean.
+    """PanNuke binary PQ (Gamper et al. 2020).
+
+    Per-image PQ of all nuclei, averaged per tissue, then over tissues.
 
     Args:
         gts, preds: per image a label image ``[H, W]`` or a PanNuke mask stack ``[H, W, C]`` whose
@@ -797,7 +810,10 @@ def pannuke_bpq(gts, preds, tissues, n_classes=5):
 
 
 def pannuke_mpq(gt_type_maps, pred_type_maps, tissues, n_classes=5):
-    """PanNuke multi-class PQ: per image the nan-mean over classes of per-class PQ, tissue means, then mean.
+    """PanNuke multi-class PQ (Gamper et al. 2020).
+
+    Per image the nan-mean over classes of the per-class PQ, averaged per tissue, then over
+    tissues.
 
     Args:
         gt_type_maps, pred_type_maps: per image a PanNuke mask stack ``[H, W, C]`` (channel ``c``

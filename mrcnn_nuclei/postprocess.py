@@ -117,7 +117,8 @@ def remove_small(masks, min_size, return_keep=False):
         masks: ``[H, W, N]`` stack (returns the kept channels) or ``[H, W]`` label image (returns
             the label image with small ids set to 0).
         min_size: minimum area in pixels (kept when ``area >= min_size``).
-        return_keep: also return the bool keep vector (``[N]`` for stacks, indexed by id for labels).
+        return_keep: also return the bool keep vector (``[N]`` for stacks, indexed by id for
+            label images).
     """
     if np.ndim(masks) == 3:
         m = _stack(masks)
@@ -216,7 +217,9 @@ def label_rle_counts(label):
 
 
 def rle_encode(mask):
-    """Kaggle run-length encoding of one mask ``[H, W]`` bool: ``"start length ..."``, 1-based, column-major.
+    """Kaggle run-length encoding of one ``[H, W]`` mask: ``"start length ..."``.
+
+    Pixels are numbered column-major from 1.
 
     An empty mask gives ``""``.
     """

@@ -35,7 +35,7 @@ _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
 def random_colors(N, bright=True, seed=None):
-    """``N`` distinct RGB colours in ``[0, 1]`` (evenly spaced hues, shuffled; ``seed`` for repeatability)."""
+    """``N`` distinct RGB colours in ``[0, 1]``: evenly spaced hues, shuffled (seeded)."""
     brightness = 1.0 if bright else 0.7
     colors = [colorsys.hsv_to_rgb(i / max(N, 1), 1.0, brightness) for i in range(N)]
     order = np.random.default_rng(seed).permutation(N)
@@ -43,7 +43,7 @@ def random_colors(N, bright=True, seed=None):
 
 
 def apply_mask(image, mask, color, alpha=0.5):
-    """Blend ``color`` (RGB in [0, 1]) into ``image [H, W, 3]`` where ``mask [H, W]``; returns the image."""
+    """Blend ``color`` (RGB, 0..1) into ``image [H, W, 3]`` where ``mask [H, W]``; returns it."""
     m = np.asarray(mask) > 0
     col = np.asarray(color, np.float64)[:3] * 255
     image[m] = (image[m] * (1 - alpha) + alpha * col).astype(image.dtype)

@@ -1,4 +1,4 @@
-"""samples/nucleus/evaluate.py: the evaluation loop with a fake detector of known scores, outputs, CLI bits."""
+"""samples/nucleus/evaluate.py: the loop with fake detectors of known scores, the files, the CLI."""
 
 import csv
 import hashlib

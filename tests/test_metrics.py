@@ -168,7 +168,7 @@ def test_against_brute_force(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_low_threshold_matching_is_optimal_assignment(seed):
-    """Below IoU 0.5 matching is the one-to-one pairing of maximal summed IoU (checked by enumeration)."""
+    """Below IoU 0.5 matching is the one-to-one pairing of maximal summed IoU (by enumeration)."""
     rng = np.random.default_rng(100 + seed)
     gt = random_label(rng, 40, 5)
     pred = np.roll(gt, (3, 3), axis=(0, 1))

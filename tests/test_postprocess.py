@@ -1,4 +1,4 @@
-"""Post-processing, stack/label conversions and Kaggle RLE, checked against loops and real DSB masks."""
+"""Post-processing, stack/label conversions and Kaggle RLE: against loops and real DSB masks."""
 
 import csv
 import os

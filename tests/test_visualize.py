@@ -1,4 +1,4 @@
-"""Pictures: overlay colours at known pixels, display_instances artists, training curves from real event files."""
+"""Pictures: overlay colours at known pixels, display_instances artists, curves from event files."""
 
 import matplotlib
 

@@ -27,7 +27,6 @@ higher-scoring nucleus), instances smaller than ``--min-size`` pixels dropped, o
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -53,7 +52,7 @@ COUNTS = ["n_gt", "n_pred", "tp", "fp", "fn"]
 
 # --------------------------------------------------------------------------- the loop
 def as_detect_fn(model_or_detect_fn):
-    """A callable ``image [H, W, C] -> detection dict`` from a MaskRCNN (``.detect``) or a callable."""
+    """A callable ``image [H, W, C] -> detection dict`` from a MaskRCNN or a callable."""
     if hasattr(model_or_detect_fn, "detect"):
         model = model_or_detect_fn
         return lambda image: model.detect([image], verbose=0)[0]
@@ -223,7 +222,7 @@ def format_table(summary):
 
 # --------------------------------------------------------------------------- command line
 def inference_config(weights_path=None):
-    """``NucleusInferenceConfig``, or the config JSON beside ``weights_path`` with inference settings."""
+    """``NucleusInferenceConfig``, or the config JSON beside ``weights_path`` set for inference."""
     from mrcnn_nuclei.config import NucleusInferenceConfig
 
     candidates = []
