@@ -94,6 +94,8 @@ def main(argv=None):
             all(isinstance(v, float) for v in out) else "")
         if isinstance(out, dict):
             shown = {k: round(v, 4) for k, v in out.items()}
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            shown = round(out[0], 4)  # PanNuke: (overall, per tissue)
         if isinstance(shown, float):
             shown = round(shown, 4)
         print(f"{name:28s} {t * 1000:8.1f} ms   {shown}")
