@@ -135,6 +135,36 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 os.remove(tmp)
 
 
+def _progress_logger(log_dir):
+    """TensorBoard callback writing to ``log_dir``; a CSV log (``training_log.csv``) instead
+    when the tensorboard package is not installed."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        logger.info("tensorboard is not installed; logging losses to %s/training_log.csv",
+                    log_dir)
+        return keras.callbacks.CSVLogger(os.path.join(log_dir, "training_log.csv"), append=True)
+    return keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)
+
+
+class _RepeatLoader(keras.utils.PyDataset):
+    """Present ``steps`` batches per epoch from a shorter (or longer) loader, wrapping around."""
+
+    def __init__(self, inner, steps, workers=1, use_multiprocessing=False):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing)
+        self.inner = inner
+        self.steps = int(steps)
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        return self.inner[index % len(self.inner)]
+
+    def on_epoch_end(self):
+        self.inner.on_epoch_end()
+
+
 # ------------------------------------------------------------------------------------ facade
 class MaskRCNN:
     """Mask R-CNN with Matterport's API: ``MaskRCNN(mode, config, model_dir)``.
@@ -338,12 +368,13 @@ class MaskRCNN:
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
         self.keras_model.compile(optimizer=opt, jit_compile=False)
 
-    def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing):
+    def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing, steps):
         from .data.loader import TrainingLoader
 
-        return TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
-                              seed=self.config.SEED, workers=workers,
-                              use_multiprocessing=use_multiprocessing)
+        inner = TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
+                               seed=self.config.SEED, workers=1)
+        return _RepeatLoader(inner, steps, workers=workers,
+                             use_multiprocessing=use_multiprocessing)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
               custom_callbacks=None, workers=1, use_multiprocessing=False, verbose=1):
@@ -365,14 +396,16 @@ class MaskRCNN:
             logger.warning("train(): epochs=%d but the model is already at epoch %d", epochs,
                            self.epoch)
             return None
-        train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing)
+        c = self.config
+        train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing,
+                                 c.STEPS_PER_EPOCH)
         val_gen = None
         if val_dataset is not None:
-            val_gen = self._loader(val_dataset, True, None, workers, use_multiprocessing)
+            val_gen = self._loader(val_dataset, True, None, workers, use_multiprocessing,
+                                   c.VALIDATION_STEPS)
         os.makedirs(self.log_dir, exist_ok=True)
         self.config.save_json(os.path.join(self.log_dir, "config.json"))
-        callbacks = [keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
-                     AtomicCheckpoint(self.checkpoint_path)]
+        callbacks = [_progress_logger(self.log_dir), AtomicCheckpoint(self.checkpoint_path)]
         callbacks += list(custom_callbacks or [])
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
