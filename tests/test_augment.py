@@ -162,3 +162,20 @@ def test_bad_inputs():
         G.apply_augmentation(image, masks, object())
     with pytest.raises(ValueError, match="strength"):
         G.default_augmentation("extreme")
+
+
+def test_augment_packed_equals_apply_augmentation():
+    image, masks = _scene(10, n=11)
+    aug = G.default_augmentation("strong")
+    for seed in range(4):
+        out, omasks, kept = G.apply_augmentation(image, masks, aug, rng=np.random.default_rng(seed))
+        img2, packed = G.augment_packed(image, np.packbits(masks, axis=-1), aug,
+                                        rng=np.random.default_rng(seed))
+        unpacked = np.unpackbits(packed, axis=-1, count=11).view(bool)
+        np.testing.assert_array_equal(img2, out)
+        np.testing.assert_array_equal(unpacked[..., kept], omasks)
+        assert not unpacked[..., np.setdiff1d(np.arange(11), kept)].any()
+    # pipelines that are not mask-safe are refused (caller falls back to apply_augmentation)
+    unsafe = A.Compose([A.Affine(rotate=10, mask_interpolation=cv2.INTER_LINEAR, p=1)])
+    assert G.augment_packed(image, np.packbits(masks, axis=-1), unsafe) is None
+    assert G.augment_packed(image, np.packbits(masks, axis=-1), _FakeImgaugFlip()) is None

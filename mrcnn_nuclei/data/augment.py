@@ -27,7 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["default_augmentation", "apply_augmentation", "GEOMETRIC_IMGAUG"]
+__all__ = ["default_augmentation", "apply_augmentation", "augment_packed", "GEOMETRIC_IMGAUG"]
 
 # imgaug augmenter class names allowed to act on masks (containers and geometric ones)
 GEOMETRIC_IMGAUG = ("Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud", "Rot90",
@@ -172,7 +172,7 @@ def _apply_imgaug(image, masks, augmenter, rng):
     return out_image, np.asarray(out_masks).reshape(out_image.shape[:2] + (masks.shape[-1],)) > 0
 
 
-def _apply_albumentations(image, masks, aug, rng):
+def _seeded_copy(aug, rng):
     pipeline, pack = _thread_copy(aug)
     if rng is not None:
         # one seed per transform: Compose.set_random_seed gives every child the same seed, which
@@ -180,6 +180,32 @@ def _apply_albumentations(image, masks, aug, rng):
         nodes = [t for t in _transforms(pipeline) if hasattr(t, "set_random_seed")]
         for t, seed in zip(nodes, rng.integers(0, 2**31 - 1, size=len(nodes))):
             t.set_random_seed(int(seed))
+    return pipeline, pack
+
+
+def augment_packed(image, packed, augmentation, rng=None):
+    """Augment an image and a bit-packed mask stack (``np.packbits(masks, axis=-1)``) directly.
+
+    Only for albumentations pipelines made of mask-safe transforms (see module docstring); returns
+    None when that does not hold (the caller then unpacks and uses :func:`apply_augmentation`).
+    image: [H, W, C]; packed: [H, W, P] uint8.  Returns (image, packed) after the same transform.
+    """
+    if hasattr(augmentation, "to_deterministic") or not callable(augmentation) or \
+            packed.shape[-1] > 128:
+        return None
+    pipeline, pack = _seeded_copy(augmentation, rng)
+    if not pack:
+        return None
+    if packed.shape[-1] == 0:
+        out = pipeline(image=image)
+        return out["image"], np.zeros(out["image"].shape[:2] + (0,), np.uint8)
+    out = pipeline(image=image, mask=packed)
+    res = np.asarray(out["mask"]).reshape(out["image"].shape[:2] + (packed.shape[-1],))
+    return out["image"], res
+
+
+def _apply_albumentations(image, masks, aug, rng):
+    pipeline, pack = _seeded_copy(aug, rng)
     n = masks.shape[-1]
     if n == 0:
         out = pipeline(image=image)

@@ -194,11 +194,11 @@ def _bilinear_crops(mask, boxes, out_shape):
     y0, y1i, fy = _axis_samples(boxes[:, 0], boxes[:, 2] - boxes[:, 0], mh)
     x0, x1i, fx = _axis_samples(boxes[:, 1], boxes[:, 3] - boxes[:, 1], mw)
     k = np.arange(n)[:, None, None]
-    src = mask.astype(np.float32, copy=False) if mask.dtype != np.float32 else mask
-    a = src[y0[:, :, None], x0[:, None, :], k]
-    b = src[y0[:, :, None], x1i[:, None, :], k]
-    c = src[y1i[:, :, None], x0[:, None, :], k]
-    d = src[y1i[:, :, None], x1i[:, None, :], k]
+    # gather first, convert after: converting the whole [H, W, N] stack would cost far more
+    a = mask[y0[:, :, None], x0[:, None, :], k].astype(np.float32)
+    b = mask[y0[:, :, None], x1i[:, None, :], k].astype(np.float32)
+    c = mask[y1i[:, :, None], x0[:, None, :], k].astype(np.float32)
+    d = mask[y1i[:, :, None], x1i[:, None, :], k].astype(np.float32)
     fy = fy[:, :, None].astype(np.float32)
     fx = fx[:, None, :].astype(np.float32)
     top = a + (b - a) * fx

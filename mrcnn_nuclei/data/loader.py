@@ -32,7 +32,7 @@ import numpy as np
 
 from mrcnn_nuclei.boxes import get_anchors
 from mrcnn_nuclei.data import image_ops as IO
-from mrcnn_nuclei.data.augment import apply_augmentation
+from mrcnn_nuclei.data.augment import apply_augmentation, augment_packed
 from mrcnn_nuclei.data.targets import build_rpn_targets
 
 __all__ = ["load_image_gt", "TrainingLoader", "select_gt"]
@@ -134,18 +134,30 @@ def _resize_window(image, full_shape, crop, region):
 
 
 def _resize_mask_packed(mask, scale, padding, crop, region, out_shape):
-    """resize_mask on a bit-packed stack: drop instances outside the crop region first."""
+    """resize_mask() on a bit-packed stack -> ([H', W', ceil(K/8)] uint8, kept [K] indices).
+
+    In crop mode only the crop's source region is looked at: instances absent from it are
+    dropped before packing, and the nearest-neighbour rows/columns are gathered from it.
+    """
     n = mask.shape[-1]
-    keep = np.arange(n)
-    if region is not None and n:
+    if region is None:
+        packed = np.packbits(mask, axis=-1) if n else np.zeros(mask.shape[:2] + (0,), np.uint8)
+        out = IO.resize_mask(packed, scale, padding, crop)
+        keep = np.arange(n)
+    else:
+        h, w = mask.shape[:2]
         ylo, yhi, xlo, xhi = region
-        inside = mask[ylo:yhi, xlo:xhi].any(axis=(0, 1))
-        keep = np.flatnonzero(inside)
-        mask = mask[..., keep] if len(keep) < n else mask
-    packed = np.packbits(mask, axis=-1)  # [H, W, ceil(K/8)]
-    if packed.shape[-1] == 0:
-        packed = np.zeros(mask.shape[:2] + (0,), np.uint8)
-    out = IO.resize_mask(packed, scale, padding, crop)
+        sub = mask[ylo:yhi, xlo:xhi]
+        keep = np.flatnonzero(sub.any(axis=(0, 1))) if n else np.zeros(0, np.int64)
+        if len(keep) < n:
+            sub = sub[..., keep]
+        packed = np.packbits(sub, axis=-1) if len(keep) else \
+            np.zeros(sub.shape[:2] + (0,), np.uint8)
+        y, x, ch, cw = crop
+        nh, nw = int(round(h * scale)), int(round(w * scale))
+        rows = IO._nearest_index(h, nh, ch, y) - ylo
+        cols = IO._nearest_index(w, nw, cw, x) - xlo
+        out = packed[rows[:, None], cols[None, :]]
     if out.shape[:2] != tuple(out_shape[:2]):
         raise AssertionError("resized mask and image disagree in shape")
     return out, keep
@@ -203,8 +215,16 @@ def _load_image_gt(dataset, config, image_id, augmentation, rng):
     n = len(class_ids)
     if augmentation is not None:
         shape = image.shape
-        mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
-        image, mask, kept = apply_augmentation(image, mask, augmentation, rng=rng)
+        done = augment_packed(image, packed, augmentation, rng=rng)
+        if done is not None:  # mask-safe albumentations pipeline: stay packed
+            image, packed = done
+            mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
+            kept = np.flatnonzero(mask.any(axis=(0, 1))) if n else np.zeros(0, np.int64)
+            if len(kept) < n:
+                mask = mask[..., kept]
+        else:
+            mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
+            image, mask, kept = apply_augmentation(image, mask, augmentation, rng=rng)
         class_ids = class_ids[kept]
         if image.shape != shape:
             raise ValueError(f"load_image_gt: the augmentation changed the image shape from "
