@@ -176,20 +176,30 @@ def save_tp_fp_fn_overlay(image, gt, pred, path, iou=0.5):
 
 
 # --------------------------------------------------------------------------- training curves
-def read_scalars(log_dir):
-    """Every scalar in the TensorBoard event files under ``log_dir``.
+def _read_csv_logs(files):
+    """Series from Keras ``CSVLogger`` files (an ``epoch`` column and one column per quantity)."""
+    import csv
 
-    Returns ``{name: (steps [K], values [K])}`` sorted by step; names are the tag with Keras'
-    ``epoch_`` prefix removed, prefixed ``val_`` for the ``validation`` run and ``<run>/`` for
-    other sub-folders. Raises FileNotFoundError when no event file exists.
-    """
+    series = {}
+    for f in files:
+        with open(f, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or "epoch" not in rows[0]:
+            continue
+        for name in rows[0]:
+            if name == "epoch":
+                continue
+            for row in rows:
+                try:
+                    series.setdefault(name, []).append((int(row["epoch"]), float(row[name])))
+                except (TypeError, ValueError):
+                    continue  # empty cell (e.g. a metric missing in one epoch)
+    return series
+
+
+def _read_event_files(files, log_dir):
     import tensorflow as tf
 
-    files = sorted(glob.glob(os.path.join(os.fspath(log_dir), "**", "events.out.tfevents.*"),
-                             recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no TensorBoard event files (events.out.tfevents.*) under "
-                                f"{log_dir!r}; pass the run folder written by training")
     series = {}
     for f in files:
         run = os.path.relpath(os.path.dirname(f), log_dir)
@@ -209,6 +219,29 @@ def read_scalars(log_dir):
                 tag = v.tag[6:] if v.tag.startswith("epoch_") else v.tag
                 name = f"val_{tag}" if run == "validation" else (f"{run}/{tag}" if run else tag)
                 series.setdefault(name, []).append((event.step, value))
+    return series
+
+
+def read_scalars(log_dir):
+    """Every scalar logged under ``log_dir``: TensorBoard event files, else Keras CSV logs.
+
+    Returns ``{name: (steps [K], values [K])}`` sorted by step. Event-file names are the tag with
+    Keras' ``epoch_`` prefix removed, prefixed ``val_`` for the ``validation`` run and ``<run>/``
+    for other sub-folders; CSV logs (``*.csv`` with an ``epoch`` column, as ``CSVLogger`` writes
+    when tensorboard is not installed) give their column names. Raises FileNotFoundError when
+    neither exists.
+    """
+    log_dir = os.fspath(log_dir)
+    events = sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"),
+                              recursive=True))
+    csvs = sorted(glob.glob(os.path.join(log_dir, "**", "*.csv"), recursive=True))
+    series = _read_event_files(events, log_dir) if events else {}
+    if not series and csvs:
+        series = _read_csv_logs(csvs)
+    if not series:
+        raise FileNotFoundError(f"no TensorBoard event files (events.out.tfevents.*) or CSV "
+                                f"training logs with an 'epoch' column under {log_dir!r}; pass "
+                                "the run folder written by training")
     out = {}
     for name, pts in series.items():
         pts.sort()

@@ -103,3 +103,20 @@ def test_plot_training_curves_from_event_files(tmp_path):
     assert img.shape[0] > 100 and img.shape[1] > 300 and img[..., :3].std() > 5
     with pytest.raises(FileNotFoundError, match="event files"):
         V.plot_training_curves(tmp_path / "nothing", tmp_path / "x.png")
+
+
+def test_plot_training_curves_from_keras_csv_log(tmp_path):
+    """Without tensorboard the model logs with keras.callbacks.CSVLogger: those files plot too."""
+    log = tmp_path / "run" / "training_log.csv"
+    log.parent.mkdir()
+    log.write_text("epoch,loss,mrcnn_mask_loss,val_loss\n0,2.5,0.7,2.9\n1,1.5,0.5,\n"
+                   "2,1.0,0.4,1.8\n")
+    series = V.plot_training_curves(tmp_path / "run", tmp_path / "c.png")
+    assert set(series) == {"loss", "mrcnn_mask_loss", "val_loss"}
+    np.testing.assert_array_equal(series["val_loss"][0], [0, 2])  # the empty cell is skipped
+    np.testing.assert_allclose(series["loss"][1], [2.5, 1.5, 1.0])
+    assert np.array(Image.open(tmp_path / "c.png")).shape[1] > 300
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(FileNotFoundError, match="CSV"):
+        V.plot_training_curves(tmp_path / "empty", tmp_path / "x.png")
