@@ -250,7 +250,7 @@ def read_scalars(log_dir):
 
 
 def plot_training_curves(log_dir, path):
-    """Plot every scalar of the TensorBoard logs in ``log_dir`` to a PNG at ``path``.
+    """Plot every scalar logged in ``log_dir`` (event files or CSV logs) to a PNG at ``path``.
 
     One panel per quantity; ``x`` and ``val_x`` share a panel. Returns the dict of
     :func:`read_scalars`.
