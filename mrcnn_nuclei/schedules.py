@@ -13,6 +13,8 @@ Named schedules (epochs per stage are defaults; pass ``epochs=[...]`` to change 
 * ``"mrcnn-plus"`` - four stages in the spirit of Mask R-CNN+: heads (the ``PREPROC`` 1x1 input
   projection included) at twice the rate, all layers at the rate, ResNet stage 5 and up at half,
   heads alone at a tenth.
+* ``"scratch"`` - one stage, all layers to 20: for training from random weights
+  (``--weights=none``), where a heads-only stage on an untrained backbone buys nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SCHEDULES = {
     "three-stage": (Stage("heads", 40, 1.0), Stage("4+", 120, 1.0), Stage("all", 160, 0.1)),
     "mrcnn-plus": (Stage(HEADS_WITH_PREPROC, 10, 2.0), Stage("all", 40, 1.0),
                    Stage("5+", 60, 0.5), Stage("heads", 70, 0.1)),
+    "scratch": (Stage("all", 20, 1.0),),
 }
 
 

@@ -36,6 +36,7 @@ def test_named_schedules():
     assert re.fullmatch(plus[0].layers, "PREPROC") and re.fullmatch(plus[0].layers, "mrcnn_mask")
     assert re.fullmatch(plus[0].layers, "rpn_conv_shared")
     assert not re.fullmatch(plus[0].layers, "res2a_branch2a")
+    assert S.build_schedule("scratch", epochs="3") == [Stage("all", 3, 1.0)]
     for name in S.SCHEDULES:
         totals = [s.epochs_total for s in S.build_schedule(name)]
         assert totals == sorted(set(totals)) and totals[0] >= 1
@@ -50,7 +51,7 @@ def test_epochs_and_lr_overrides():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="cosine"), "unknown; choose one of matterport, three-stage, mrcnn-plus"),
+    (dict(name="cosine"), "unknown; choose one of matterport, three-stage, mrcnn-plus, scratch"),
     (dict(name="matterport", epochs=[20]), r"2 stages; give 2 epoch totals.*--epochs=20,40"),
     (dict(name="matterport", epochs=[40, 20]), "larger than the previous"),
     (dict(name="matterport", epochs=[0, 20]), "at least 1"),

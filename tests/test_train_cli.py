@@ -1,0 +1,111 @@
+"""samples/nucleus/train.py: help, argument errors, and a tiny synthetic train -> detect run."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "samples" / "nucleus" / "train.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import train as cli  # noqa: E402  (samples/nucleus/train.py)
+
+
+def test_help_runs_as_a_script():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout and "detect" in out.stdout
+    out = subprocess.run([sys.executable, str(SCRIPT), "train", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0
+    for option in ("--dataset", "--weights", "--logs", "--schedule", "--epochs",
+                   "--steps-per-epoch", "--lr", "--workers", "--synthetic-count", "--image-size",
+                   "--backbone", "--subset"):
+        assert option in out.stdout
+
+
+def test_arguments_reach_the_config():
+    args = cli.build_parser().parse_args(
+        ["train", "--dataset=synthetic", "--weights=none", "--steps-per-epoch", "7", "--lr",
+         "0.02", "--image-size", "192", "--backbone", "resnet34"])
+    cfg = cli.make_config(args, inference=False)
+    assert (cfg.STEPS_PER_EPOCH, cfg.LEARNING_RATE, cfg.BACKBONE) == (7, 0.02, "resnet34")
+    assert tuple(cfg.IMAGE_SHAPE) == (192, 192, 3) and cfg.NAME == "synthetic_nuclei"
+    inf = cli.make_config(args, inference=True)
+    assert inf.BATCH_SIZE == 1 and inf.NAME == cfg.NAME  # so --weights=last finds the run
+    args = cli.build_parser().parse_args(["train", "--dataset=/data/dsb", "--weights=coco",
+                                          "--image-size", "256"])
+    cfg = cli.make_config(args, inference=False)
+    assert cfg.NAME == "nucleus" and cfg.IMAGE_RESIZE_MODE == "crop" and cfg.IMAGE_MIN_DIM == 256
+    assert cli.make_config(args, inference=True).IMAGE_RESIZE_MODE == "pad64"
+
+
+def test_synthetic_subsets_are_disjoint_and_seeded():
+    args = cli.build_parser().parse_args(["train", "--dataset=synthetic", "--weights=none",
+                                          "--synthetic-count", "8", "--image-size", "64"])
+    train = cli.load_dataset(args, "train")
+    val = cli.load_dataset(args, "val")
+    assert len(train.image_ids) == 8 and len(val.image_ids) == 2
+    assert not np.array_equal(train.load_image(0), val.load_image(0))
+    assert np.array_equal(cli.load_dataset(args, "val").load_image(1), val.load_image(1))
+    with pytest.raises(SystemExit, match="synthetic subsets are train, val, test"):
+        cli.load_dataset(args, "stage2")
+
+
+def test_missing_coco_weights_fail_fast_with_the_place_to_put_them(tmp_path, monkeypatch):
+    from mrcnn_nuclei import weights
+
+    monkeypatch.setattr(weights, "_REPO_WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(weights.ENV_WEIGHTS_DIR, raising=False)
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--dataset=synthetic", "--weights=coco", "--logs", str(tmp_path)])
+    msg = str(err.value)
+    assert str(tmp_path / "weights" / "mask_rcnn_coco.h5") in msg and "v2.0" in msg
+    with pytest.raises(SystemExit, match="no such file"):
+        cli.main(["detect", "--dataset=synthetic", "--weights", str(tmp_path / "x.h5")])
+
+
+def test_overlay_image_tints_only_mask_pixels():
+    image = np.full((6, 5, 3), 100, np.uint8)
+    masks = np.zeros((6, 5, 2), bool)
+    masks[1:3, 1:3, 0] = True
+    masks[4, 4, 1] = True
+    out = cli.overlay_image(image, masks)
+    changed = np.any(out != image, axis=2)
+    np.testing.assert_array_equal(changed, masks.any(axis=2))
+    assert np.all(out[1:3, 1:3] == out[1, 1])  # one colour per instance
+    assert cli.overlay_image(image, masks[:, :, :0]).tolist() == image.tolist()
+
+
+@pytest.mark.slow
+def test_tiny_synthetic_train_then_detect_last(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    common = ["--dataset=synthetic", "--logs", str(logs), "--synthetic-count", "4",
+              "--image-size", "64"]
+    train = subprocess.run(
+        [sys.executable, str(SCRIPT), "train", "--weights=none", "--schedule=scratch",
+         "--epochs=1", "--steps-per-epoch=2", "--validation-steps=1", *common],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "Trained to epoch 1" in train.stdout
+    runs = list(logs.glob("synthetic_nuclei*/mask_rcnn_synthetic_nuclei_0001.weights.h5"))
+    assert len(runs) == 1
+    detect = subprocess.run(
+        [sys.executable, str(SCRIPT), "detect", "--weights=last", "--subset=val", "--out",
+         str(out), *common], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert detect.returncode == 0, detect.stdout[-3000:] + detect.stderr[-3000:]
+    assert str(runs[0]) in detect.stdout  # loaded the checkpoint just written
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["0.png", "1.png"]  # the two held-out synthetic images
+    with open(out / "submit.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ImageId", "EncodedPixels"]
+    assert {r[0] for r in rows[1:]} == {"0", "1"}
+    assert "2 images" in detect.stdout
