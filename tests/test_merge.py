@@ -130,3 +130,16 @@ def test_hard_masks_only_and_bad_input():
         merge_instances([r], min_runs=2)
     with pytest.raises(ValueError, match="runs is empty"):
         merge_instances([])
+
+
+def test_float64_and_float32_soft_masks_merge_alike():
+    runs32 = [_run([_square(5, 5, 10, 0.9), _square(20, 20, 8, 0.7)], [0.9, 0.6]),
+              _run([_square(5, 6, 10, 0.8)], [0.8])]
+    runs64 = [dict(r, soft_masks=r["soft_masks"].astype(np.float64)) for r in runs32]
+    a, b = merge_instances(runs32, min_runs=1), merge_instances(runs64, min_runs=1)
+    for key in ("rois", "class_ids", "scores", "masks", "soft_masks", "n_runs"):
+        np.testing.assert_allclose(a[key], b[key], err_msg=key)
+    assert a["n_runs"].tolist() == [2, 1]
+    # the merged soft mask is the mean of the two runs where both saw the nucleus
+    assert np.isclose(a["soft_masks"][10, 10, 0], 0.85)
+    assert np.isclose(a["soft_masks"][10, 5, 0], 0.45)    # only run 0 covers column 5: 0.9 / 2

@@ -62,16 +62,23 @@ def mask_iou_matrix(masks_a, masks_b=None):
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
-def _soft(run, name):
-    if "soft_masks" in run and run["soft_masks"] is not None:
-        soft = np.asarray(run["soft_masks"], np.float32)
-    elif "masks" in run:
-        soft = np.asarray(run["masks"]).astype(np.float32)
+def _run_pixels(run, name):
+    """One run -> (shape (H, W, N), pixel index [nnz], column [nnz], value [nnz] float32)."""
+    if run.get("soft_masks") is not None:
+        arr = np.asarray(run["soft_masks"])
+    elif run.get("masks") is not None:
+        arr = np.asarray(run["masks"])
     else:
         raise ValueError(f"{name}: needs 'soft_masks' [H, W, N] float or 'masks' [H, W, N] bool")
-    if soft.ndim != 3:
-        raise ValueError(f"{name}: masks must be [H, W, N], got shape {soft.shape}")
-    return soft
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: masks must be [H, W, N], got shape {arr.shape}")
+    flat_arr = np.ascontiguousarray(arr).reshape(-1)
+    # a float32's bit pattern is non-zero exactly when the value is (+-0 aside): faster scan
+    probe = flat_arr.view(np.int32) if flat_arr.dtype == np.float32 else flat_arr
+    flat = np.flatnonzero(probe)
+    pixel, ks = np.divmod(flat, max(arr.shape[2], 1))
+    values = flat_arr[flat].astype(np.float32)
+    return arr.shape, pixel, ks, values
 
 
 def _empty(h, w):
@@ -98,24 +105,34 @@ def merge_instances(runs, iou_threshold=0.5, min_runs=2, mask_threshold=0.5, mis
     if not 1 <= int(min_runs) <= n_total:
         raise ValueError(f"min_runs={min_runs} must be between 1 and the number of runs "
                          f"({n_total})")
-    softs = [_soft(r, f"runs[{i}]") for i, r in enumerate(runs)]
-    shapes = {s.shape[:2] for s in softs}
+    pixels = [_run_pixels(r, f"runs[{i}]") for i, r in enumerate(runs)]
+    shapes = {p[0][:2] for p in pixels}
     if len(shapes) != 1:
         raise ValueError(f"merge_instances: runs have different image sizes {sorted(shapes)}; "
                          "map every run back to the original frame first")
     h, w = shapes.pop()
+    counts = [p[0][2] for p in pixels]
     scores = np.concatenate([np.asarray(r["scores"], np.float32).ravel() for r in runs])
     class_ids = np.concatenate([np.asarray(r["class_ids"], np.int32).ravel() for r in runs])
-    run_of = np.concatenate([np.full(s.shape[-1], i) for i, s in enumerate(softs)]).astype(int)
-    soft = np.concatenate(softs, axis=-1)
-    if not (len(scores) == len(class_ids) == soft.shape[-1]):
+    if not (len(scores) == len(class_ids) == sum(counts)):
         raise ValueError("merge_instances: every run needs one score and class id per mask")
-    m = soft.shape[-1]
+    run_of = np.repeat(np.arange(n_total), counts)
+    m = int(sum(counts))
     if m == 0:
         return _empty(h, w)
-
-    binary = soft >= mask_threshold
-    iou = mask_iou_matrix(binary)
+    # all soft masks as one sparse matrix [H*W, M] (memory ~ the instances' pixels, not H*W*M)
+    offsets = np.cumsum([0] + counts[:-1])
+    rows = np.concatenate([p[1] for p in pixels])
+    cols = np.concatenate([p[2] + o for p, o in zip(pixels, offsets)])
+    vals = np.concatenate([p[3] for p in pixels])
+    soft = sparse.csc_matrix((vals, (rows, cols)), shape=(h * w, m))
+    on = vals >= mask_threshold
+    binary = sparse.csc_matrix((np.ones(int(on.sum()), np.float32), (rows[on], cols[on])),
+                               shape=(h * w, m))
+    inter = np.asarray((binary.T @ binary).todense(), np.float32)
+    area = np.diag(inter).copy()
+    union = area[:, None] + area[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
     match = iou >= iou_threshold
     if class_aware:
         match &= class_ids[:, None] == class_ids[None, :]
@@ -153,19 +170,17 @@ def merge_instances(runs, iou_threshold=0.5, min_runs=2, mask_threshold=0.5, mis
     k = int(keep_group.sum())
     seen = seen[keep_group]
 
-    # average the soft masks per group: sort members by group and sum contiguous slices
+    # average the soft masks per group: sparse [H*W, M] @ [M, K] membership / run count
     idx = np.flatnonzero(members)
+    denom = seen.astype(np.float32) if missing == "exclude" else np.full(k, n_total, np.float32)
+    weights = sparse.csc_matrix((1.0 / denom[gid], (idx, gid)), shape=(m, k))
+    avg = np.asarray((soft @ weights).todense(), np.float32).reshape(h, w, k)
+    mean_score = (np.bincount(gid, scores[idx], minlength=k) / denom).astype(np.float32)
     srt = np.argsort(gid, kind="stable")
     idx, gid_sorted = idx[srt], gid[srt]
     starts = np.flatnonzero(np.r_[True, np.diff(gid_sorted) > 0])
-    summed = np.add.reduceat(soft[..., idx], starts, axis=-1)              # [H, W, K]
-    score_sum = np.add.reduceat(scores[idx], starts)
-    denom = seen.astype(np.float32) if missing == "exclude" else np.float32(n_total)
-    avg = (summed / denom).astype(np.float32)
-    mean_score = (score_sum / denom).astype(np.float32)
-    # class of a group = class of its seed (groups are class-pure when class_aware)
-    seed_of_group = idx[starts]
-    cls = class_ids[seed_of_group]
+    # class of a group: groups are class-pure when class_aware
+    cls = class_ids[idx[starts]]
     if not class_aware:
         # majority class over members, ties to the lower id
         counts = np.zeros((k, int(class_ids.max()) + 1), np.int64)
@@ -173,9 +188,12 @@ def merge_instances(runs, iou_threshold=0.5, min_runs=2, mask_threshold=0.5, mis
         cls = counts.argmax(1).astype(np.int32)
 
     # threshold, then give each contested pixel to the instance with the larger average
-    masks = avg >= mask_threshold
-    winner = np.where(masks, avg, -1.0).argmax(-1)
-    masks &= winner[..., None] == np.arange(k)
+    # (the pixel's largest average decides; below the threshold no instance takes it)
+    winner = avg.argmax(-1)
+    best = np.take_along_axis(avg, winner[..., None], -1)[..., 0]
+    ys, xs = np.nonzero(best >= mask_threshold)
+    masks = np.zeros((h, w, k), bool)
+    masks[ys, xs, winner[ys, xs]] = True
     nonempty = masks.any((0, 1))
     order = np.argsort(-mean_score[nonempty], kind="stable")
     sel = np.flatnonzero(nonempty)[order]
