@@ -243,9 +243,9 @@ def predict_distance(model, image, tile_size=512, overlap=64, multiple=32):
     """Distance map of one image: [H, W, C] (uint8 -> /255, or float 0..1) -> [H, W] float32.
 
     Images up to ``tile_size`` on both sides are reflect-padded to a multiple of ``multiple`` and
-    cropped back.  Larger ones are cut into ``tile_size`` tiles overlapping by ``overlap``; each
-    output pixel comes from the tile in which it lies furthest from a cut edge (no seams from
-    border effects).
+    cropped back.  Larger ones are cut into ``tile_size`` tiles overlapping by ``overlap``
+    (:func:`mrcnn_nuclei.inference.tiling.tile_grid`); each output pixel comes from the tile whose
+    core holds it (cores end halfway through each overlap, away from the tiles' cut edges).
     """
     if tile_size % multiple:
         raise ValueError(f"tile_size={tile_size} must be a multiple of {multiple}")
@@ -255,20 +255,12 @@ def predict_distance(model, image, tile_size=512, overlap=64, multiple=32):
     h, w = x.shape[:2]
     if h <= tile_size and w <= tile_size:
         return _run(model, x, multiple).astype(np.float32)
+    from .inference.tiling import tile_grid
+
     out = np.zeros((h, w), np.float32)
-    for (y0, y1, cy0, cy1) in _axis_tiles(h, tile_size, overlap):
-        for (x0, x1, cx0, cx1) in _axis_tiles(w, tile_size, overlap):
+    for (y0, y1, cy0, cy1) in tile_grid(h, tile_size, overlap):
+        for (x0, x1, cx0, cx1) in tile_grid(w, tile_size, overlap):
             pred = _run(model, x[y0:y1, x0:x1], multiple)
             out[cy0:cy1, cx0:cx1] = pred[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     return out
 
-
-def _axis_tiles(length, tile, overlap):
-    """Tiles along one axis: list of (start, stop, core_start, core_stop); cores partition."""
-    if length <= tile:
-        return [(0, length, 0, length)]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    starts = sorted(set(starts))
-    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(len(starts) - 1)] + [length]
-    return [(s, s + tile, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
