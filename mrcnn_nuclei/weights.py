@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -342,14 +343,10 @@ def _plan_legacy(keras_model, path, by_name, excl):
     plan, problems, seen = [], [], set()
     for group_name, subs in data.items():
         for sub_name, arrays in subs.items():
-            if sub_name != group_name and group_name in submodels:
-                layer = submodels[group_name].get(sub_name)
-            else:
-                layer = leaves.get(sub_name)
-            label = sub_name
-            if group_name in excl or sub_name in excl:
+            layer, label = _legacy_target(group_name, sub_name, leaves, submodels)
+            if group_name in excl or label in excl:
                 report.excluded.append(label)
-                seen.add(sub_name)
+                seen.add(label)
                 if layer is not None:
                     for key, fs, ms in _compare(layer, arrays):
                         if fs != ms:
@@ -382,6 +379,30 @@ def _plan_legacy(keras_model, path, by_name, excl):
             f"{' ...' if len(missing) > 20 else ''}. Load with by_name=True to keep their current "
             "values (e.g. ImageNet backbone weights into a full Mask R-CNN).")
     return plan, report
+
+
+def _legacy_target(group_name, sub_name, leaves, submodels):
+    """(model layer or None, report label) for one stored (group, sub-layer) entry.
+
+    A group that is a nested model in the model (``rpn_model``) is entered by sub-layer name;
+    otherwise the group name is authoritative (TimeDistributed heads, and TF's uniquified
+    variable prefixes such as ``conv1_1/kernel:0``); a nested group of a flat model falls back to
+    top-level layers named like its sub-layers.  A trailing ``_<n>`` that TF appended to a
+    re-created variable is ignored when the exact name is absent.
+    """
+    def lookup(table, name):
+        if name in table:
+            return table[name], name
+        base = re.sub(r"_\d+$", "", name)
+        return table.get(base), base
+
+    if sub_name == group_name or group_name in leaves and group_name not in submodels:
+        return leaves.get(group_name), group_name
+    if group_name in submodels:
+        layer, name = lookup(submodels[group_name], sub_name)
+        return layer, name
+    layer, name = lookup(leaves, sub_name)
+    return layer, name
 
 
 def _compare(layer, arrays):

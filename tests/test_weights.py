@@ -212,6 +212,24 @@ def test_legacy_rpn_shape_mismatch_is_an_error(tmp_path, coco_file):
         W.load_weights(model, path, by_name=True)
 
 
+def test_legacy_uniquified_variable_names(tmp_path, coco_file):
+    """TF1 appends _1 to variables of a model built twice in a session (conv1_1/kernel:0)."""
+    _, _, arrays = coco_file
+    renamed = {
+        "conv1": [(w.replace("conv1/", "conv1_1/"), a) for w, a in arrays["conv1"]],
+        "rpn_model": [(w.replace("rpn_", "rpn_", 1).replace("/", "_1/", 1), a)
+                      for w, a in arrays["rpn_model"]],
+    }
+    assert renamed["rpn_model"][0][0] == "rpn_conv_shared_1/kernel:0"
+    path = write_legacy_h5(tmp_path / "renamed.h5", ["conv1", "rpn_model"], renamed)
+    model = build_standin(["conv1", "rpn_model"])
+    report = W.load_weights(model, path)
+    assert sorted(report.loaded) == sorted(["conv1", *RPN_SUBLAYERS])
+    for layer in ("conv1", "rpn_conv_shared", "rpn_bbox_pred"):
+        for key, value in _weights_of(model, layer).items():
+            np.testing.assert_array_equal(value, _file_value(arrays, layer, key))
+
+
 # ------------------------------------------------------------------------------- Keras-1 ImageNet
 @pytest.mark.parametrize("style", ["keras1", "keras2"])
 def test_imagenet_notop_layout_loads_by_layer_and_weight_name(tmp_path, style):
