@@ -225,3 +225,23 @@ def test_norm_denorm_boxes_convention():
     np.testing.assert_allclose(n[0], [0, 0, 1, 1])
     np.testing.assert_allclose(n[1], [10 / 511, 20 / 511, 29 / 511, 40 / 511], rtol=1e-6)
     np.testing.assert_array_equal(IO.denorm_boxes(n, (512, 512)), boxes)
+
+
+def test_packed_helpers_equal_unpacked_versions():
+    rng = np.random.default_rng(11)
+    h, w, n = 40, 50, 13  # not a multiple of 8
+    centres = [(rng.integers(0, h), rng.integers(0, w)) for _ in range(n)]
+    masks = _disk_masks(h, w, centres, rng.integers(2, 9, n))
+    masks[..., 4] = False  # an empty instance
+    packed = np.packbits(masks, axis=-1)
+    assert packed.shape == (h, w, 2)
+    np.testing.assert_array_equal(IO.packed_nonempty(packed, n), masks.any(axis=(0, 1)))
+    channels = np.array([0, 3, 5, 8, 12])
+    sub = masks[..., channels]
+    np.testing.assert_array_equal(IO.packed_unpack(packed, channels, n), sub)
+    boxes = IO.packed_bboxes(packed, channels)
+    np.testing.assert_array_equal(boxes, IO.extract_bboxes(sub))
+    np.testing.assert_array_equal(IO.packed_minimize_mask(boxes, packed, channels, (20, 16)),
+                                  IO.minimize_mask(boxes, sub, (20, 16)))
+    assert IO.packed_nonempty(packed[..., :0], 0).shape == (0,)
+    assert IO.packed_bboxes(packed, []).shape == (0, 4)

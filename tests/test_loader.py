@@ -198,8 +198,13 @@ def test_failing_image_names_its_reference():
 def test_crop_fast_path_equals_plain_resize_and_masks_follow(synthetic):
     cfg = TinyConfig()
     for image_id in synthetic.image_ids:
-        image, mask, class_ids, info = L._load_image_gt(synthetic, cfg, image_id, None,
-                                                        np.random.default_rng(image_id))
+        image, packed, n, channels, class_ids, info = L._load_image_gt(
+            synthetic, cfg, image_id, None, np.random.default_rng(image_id))
+        mask = IO.packed_unpack(packed, channels, n)
+        np.testing.assert_array_equal(IO.packed_bboxes(packed, channels), IO.extract_bboxes(mask))
+        np.testing.assert_array_equal(
+            IO.packed_minimize_mask(IO.extract_bboxes(mask), packed, channels, (28, 28)),
+            IO.minimize_mask(IO.extract_bboxes(mask), mask, (28, 28)))
         raw = synthetic.load_image(image_id)
         raw_mask, raw_ids = synthetic.load_mask(image_id)
         ref, window, scale, padding, crop = IO.resize_image(
@@ -254,3 +259,22 @@ def test_small_dataset_wraps_and_select_gt():
                                   [0, 2, 3])
     idx = L.select_gt(50, 7, "random", np.random.default_rng(0))
     assert len(idx) == 7 and len(set(idx.tolist())) == 7 and np.all(np.diff(idx) > 0)
+
+
+def test_cache_gives_identical_batches_and_is_not_mutated(synthetic):
+    cfg = TinyConfig()
+    aug = default_augmentation("strong")
+    plain = L.TrainingLoader(synthetic, cfg, augmentation=aug, seed=9)
+    cached = L.TrainingLoader(synthetic, cfg, augmentation=aug, seed=9, cache=True)
+    for epoch in range(2):
+        for i in range(len(plain)):
+            a, b = plain[i], cached[i]
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        plain.on_epoch_end()
+        cached.on_epoch_end()
+    assert 4 <= len(cached._cache) <= 5  # 2 batches x 2 images per epoch, reshuffled
+    image, packed, ids, n = next(iter(cached._cache.values()))
+    assert not image.flags.writeable and not packed.flags.writeable
+    import pickle
+    assert pickle.loads(pickle.dumps(cached))._cache == {}

@@ -159,8 +159,12 @@ def extract_bboxes(mask):
     h, w, n = mask.shape
     if n == 0:
         return np.zeros((0, 4), np.int32)
-    rows = mask.any(axis=1)  # [H, N]
-    cols = mask.any(axis=0)  # [W, N]
+    return _boxes_from_profiles(mask.any(axis=1), mask.any(axis=0))
+
+
+def _boxes_from_profiles(rows, cols):
+    """Boxes from per-instance row and column occupancy: rows [H, N], cols [W, N] bool."""
+    h, w = rows.shape[0], cols.shape[0]
     present = rows.any(axis=0)
     y1 = rows.argmax(axis=0)
     y2 = h - rows[::-1].argmax(axis=0)
@@ -182,23 +186,34 @@ def _axis_samples(start, size, n_out):
     return start[:, None] + lo, start[:, None] + hi, frac
 
 
-def _bilinear_crops(mask, boxes, out_shape):
+def _bilinear_crops(mask, boxes, out_shape, channels=None):
     """Bilinear resize of each instance's box content to out_shape, all at once.
 
-    mask: [H, W, N]; boxes: [N, 4] int (non-empty); out_shape: (h, w).  Returns [N, h, w] float32
-    (pixel-centre aligned, edge-clamped inside each box).
+    mask: [H, W, N] (or a bit-packed [H, W, ceil(M/8)] uint8 stack with ``channels`` [N], the
+    instance index of each box); boxes: [N, 4] int (non-empty); out_shape: (h, w).
+    Returns [N, h, w] float32 (pixel-centre aligned, edge-clamped inside each box).
     """
     boxes = np.asarray(boxes, dtype=np.int64)
     n = len(boxes)
     mh, mw = int(out_shape[0]), int(out_shape[1])
     y0, y1i, fy = _axis_samples(boxes[:, 0], boxes[:, 2] - boxes[:, 0], mh)
     x0, x1i, fx = _axis_samples(boxes[:, 1], boxes[:, 3] - boxes[:, 1], mw)
-    k = np.arange(n)[:, None, None]
-    # gather first, convert after: converting the whole [H, W, N] stack would cost far more
-    a = mask[y0[:, :, None], x0[:, None, :], k].astype(np.float32)
-    b = mask[y0[:, :, None], x1i[:, None, :], k].astype(np.float32)
-    c = mask[y1i[:, :, None], x0[:, None, :], k].astype(np.float32)
-    d = mask[y1i[:, :, None], x1i[:, None, :], k].astype(np.float32)
+    if channels is None:
+        k = np.arange(n)[:, None, None]
+
+        def get(yy, xx):  # gather first, convert after (never convert the whole stack)
+            return mask[yy, xx, k].astype(np.float32)
+    else:
+        ch = np.asarray(channels, np.int64)
+        byte = (ch >> 3)[:, None, None]
+        shift = (7 - (ch & 7)).astype(np.uint8)[:, None, None]
+
+        def get(yy, xx):
+            return ((mask[yy, xx, byte] >> shift) & 1).astype(np.float32)
+    a = get(y0[:, :, None], x0[:, None, :])
+    b = get(y0[:, :, None], x1i[:, None, :])
+    c = get(y1i[:, :, None], x0[:, None, :])
+    d = get(y1i[:, :, None], x1i[:, None, :])
     fy = fy[:, :, None].astype(np.float32)
     fx = fx[:, None, :].astype(np.float32)
     top = a + (b - a) * fx
@@ -303,6 +318,48 @@ def unmold_mask(mask, bbox, image_shape, threshold=0.5):
     out = _paste(lambda inst, rr, cc: _bilinear_at(minis, box, inst, rr, cc) >= threshold,
                  box, image_shape, 1)
     return out[:, :, 0]
+
+
+# ---------------------------------------------------------------------------------------- packed
+def packed_nonempty(packed, n):
+    """Which instances of a bit-packed stack (``np.packbits(masks, axis=-1)``) have pixels.
+
+    packed: [H, W, ceil(N/8)] uint8; n: N.  Returns [N] bool.  One pass over the packed bytes.
+    """
+    if n == 0:
+        return np.zeros(0, bool)
+    flat = np.bitwise_or.reduce(packed.reshape(-1, packed.shape[-1]), axis=0)
+    return np.unpackbits(flat, count=n).astype(bool)
+
+
+def packed_bboxes(packed, channels):
+    """extract_bboxes() of instances ``channels`` [K] of a bit-packed stack -> [K, 4] int32."""
+    channels = np.asarray(channels, np.int64)
+    if len(channels) == 0:
+        return np.zeros((0, 4), np.int32)
+    rows = np.unpackbits(np.bitwise_or.reduce(packed, axis=1), axis=-1)[:, channels]
+    cols = np.unpackbits(np.bitwise_or.reduce(packed, axis=0), axis=-1)[:, channels]
+    return _boxes_from_profiles(rows.astype(bool), cols.astype(bool))
+
+
+def packed_minimize_mask(bbox, packed, channels, mini_shape):
+    """minimize_mask() of instances ``channels`` [K] of a bit-packed stack -> [h, w, K] bool."""
+    channels = np.asarray(channels, np.int64)
+    bbox = _check_bbox(bbox, len(channels), "packed_minimize_mask")
+    mh, mw = int(mini_shape[0]), int(mini_shape[1])
+    if len(channels) == 0:
+        return np.zeros((mh, mw, 0), bool)
+    if np.any((bbox[:, 2] <= bbox[:, 0]) | (bbox[:, 3] <= bbox[:, 1])):
+        raise ValueError("packed_minimize_mask: empty boxes; drop empty instances first")
+    soft = _bilinear_crops(packed, bbox, (mh, mw), channels=channels)
+    return np.ascontiguousarray((soft >= 0.5).transpose(1, 2, 0))
+
+
+def packed_unpack(packed, channels, n):
+    """Full [H, W, K] bool masks of instances ``channels`` [K] of a packed stack of n."""
+    full = np.unpackbits(packed, axis=-1, count=n).view(bool)
+    channels = np.asarray(channels, np.int64)
+    return full if len(channels) == n else full[..., channels]
 
 
 # ---------------------------------------------------------------------------------------- meta

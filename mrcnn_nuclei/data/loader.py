@@ -16,10 +16,13 @@ Differences from Matterport's generator, on purpose:
   ``np.random.default_rng([seed, epoch, batch, slot])``, so a batch is the same whichever worker
   (thread or process) builds it.
 
-Internally the mask stack is bit-packed (8 instances per uint8 channel) between loading and
-augmentation, where it is only moved around by nearest-neighbour geometry; in crop mode only the
-source region of the crop is resized.  Masks come out identical to resize_image/resize_mask on the
-whole image, images identical up to +-1 grey level at rounding ties (tests/test_loader.py).
+Internally the mask stack stays bit-packed (8 instances per uint8 channel) from loading to the
+mini-masks: it is only moved by nearest-neighbour geometry, and emptiness, boxes and mini-masks are
+read from the packed bits (a full [H, W, N] bool stack is only built when USE_MINI_MASK is off or
+for GT_OVERFLOW "largest"); in crop mode only the
+crop's pixels are computed (image: its source region is resized; masks: its rows and columns are
+gathered).  Masks come out identical to resize_image/resize_mask on the whole image, images
+identical up to +-1 grey level at rounding ties (tests/test_loader.py).
 """
 
 from __future__ import annotations
@@ -133,36 +136,6 @@ def _resize_window(image, full_shape, crop, region):
     return np.clip(np.rint(out), 0, 255).astype(image.dtype)
 
 
-def _resize_mask_packed(mask, scale, padding, crop, region, out_shape):
-    """resize_mask() on a bit-packed stack -> ([H', W', ceil(K/8)] uint8, kept [K] indices).
-
-    In crop mode only the crop's source region is looked at: instances absent from it are
-    dropped before packing, and the nearest-neighbour rows/columns are gathered from it.
-    """
-    n = mask.shape[-1]
-    if region is None:
-        packed = np.packbits(mask, axis=-1) if n else np.zeros(mask.shape[:2] + (0,), np.uint8)
-        out = IO.resize_mask(packed, scale, padding, crop)
-        keep = np.arange(n)
-    else:
-        h, w = mask.shape[:2]
-        ylo, yhi, xlo, xhi = region
-        sub = mask[ylo:yhi, xlo:xhi]
-        keep = np.flatnonzero(sub.any(axis=(0, 1))) if n else np.zeros(0, np.int64)
-        if len(keep) < n:
-            sub = sub[..., keep]
-        packed = np.packbits(sub, axis=-1) if len(keep) else \
-            np.zeros(sub.shape[:2] + (0,), np.uint8)
-        y, x, ch, cw = crop
-        nh, nw = int(round(h * scale)), int(round(w * scale))
-        rows = IO._nearest_index(h, nh, ch, y) - ylo
-        cols = IO._nearest_index(w, nw, cw, x) - xlo
-        out = packed[rows[:, None], cols[None, :]]
-    if out.shape[:2] != tuple(out_shape[:2]):
-        raise AssertionError("resized mask and image disagree in shape")
-    return out, keep
-
-
 def select_gt(n, max_instances, mode, rng, areas=None):
     """Indices of the instances kept when there are more than ``max_instances``.
 
@@ -188,10 +161,10 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None):
     bbox [N, 4] int32 (pixel boxes, y2/x2 exclusive), mask [h, w, N] bool (MINI_MASK_SHAPE when
     USE_MINI_MASK, else H, W).  N may be 0.
     """
-    image, mask, class_ids, info = _load_image_gt(dataset, config, image_id, augmentation, rng)
-    bbox = IO.extract_bboxes(mask)
-    if config.USE_MINI_MASK:
-        mask = IO.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+    image, packed, n, channels, class_ids, info = _load_image_gt(dataset, config, image_id,
+                                                                 augmentation, rng)
+    bbox = IO.packed_bboxes(packed, channels)
+    mask = _gt_masks(config, packed, n, channels, bbox)
     return image, _meta(dataset, config, image_id, info), class_ids, bbox, mask
 
 
@@ -204,38 +177,62 @@ def _meta(dataset, config, image_id, info):
     return IO.compose_image_meta(image_id, original_shape, image_shape, window, scale, active)
 
 
-def _load_image_gt(dataset, config, image_id, augmentation, rng):
-    """Shared body: image, full-size mask [H, W, N] bool, class_ids, meta info."""
-    rng = np.random.default_rng() if rng is None else rng
+def _load_packed(dataset, config, image_id, cache=None):
+    """(image, packed masks [H, W, ceil(N/8)] uint8, class_ids [N], N), from ``cache`` if given."""
+    if cache is not None:
+        item = cache.get(image_id)
+        if item is not None:
+            return item
     image, mask, class_ids = _load(dataset, config, image_id)
+    n = mask.shape[-1]
+    packed = np.packbits(mask, axis=-1) if n else np.zeros(mask.shape[:2] + (0,), np.uint8)
+    item = (image, packed, class_ids, n)
+    if cache is not None:
+        for arr in item[:3]:
+            arr.setflags(write=False)
+        cache[image_id] = item
+    return item
+
+
+def _load_image_gt(dataset, config, image_id, augmentation, rng, cache=None):
+    """Shared body of load_image_gt and TrainingLoader.
+
+    Returns image [H, W, C] uint8, packed [H, W, ceil(n/8)] uint8 (bit-packed masks), n,
+    channels [K] (indices of the non-empty instances in packed), class_ids [K], meta info.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    image, packed, class_ids, n = _load_packed(dataset, config, image_id, cache)
     original_shape = image.shape
-    (image, window, scale, padding, crop), region = _resize_and_crop(image, config, rng)
-    packed, keep = _resize_mask_packed(mask, scale, padding, crop, region, image.shape)
-    class_ids = class_ids[keep]
-    n = len(class_ids)
+    (image, window, scale, padding, crop), _ = _resize_and_crop(image, config, rng)
+    # nearest-neighbour resize/crop of 8 instances per byte; in crop mode only the crop's rows
+    # and columns are gathered
+    packed = IO.resize_mask(packed, scale, padding, crop)
+    if packed.shape[:2] != image.shape[:2]:
+        raise AssertionError("resized masks and image disagree in shape")
     if augmentation is not None:
         shape = image.shape
         done = augment_packed(image, packed, augmentation, rng=rng)
         if done is not None:  # mask-safe albumentations pipeline: stay packed
             image, packed = done
-            mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
-            kept = np.flatnonzero(mask.any(axis=(0, 1))) if n else np.zeros(0, np.int64)
-            if len(kept) < n:
-                mask = mask[..., kept]
         else:
             mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
             image, mask, kept = apply_augmentation(image, mask, augmentation, rng=rng)
-        class_ids = class_ids[kept]
+            class_ids, n = class_ids[kept], len(kept)
+            packed = np.packbits(mask, axis=-1) if n else np.zeros(mask.shape[:2] + (0,), np.uint8)
         if image.shape != shape:
             raise ValueError(f"load_image_gt: the augmentation changed the image shape from "
                              f"{shape} to {image.shape}; training batches need a fixed shape "
                              "(drop crops/resizes from it, e.g. default_augmentation(crop_size=None))")
-    else:
-        mask = np.unpackbits(packed, axis=-1, count=n).view(bool)
-        nonempty = np.flatnonzero(mask.any(axis=(0, 1))) if n else np.zeros(0, np.int64)
-        if len(nonempty) < n:
-            mask, class_ids = mask[..., nonempty], class_ids[nonempty]
-    return image, mask, class_ids, (original_shape, image.shape, window, scale)
+    # instances that the crop or the augmentation left empty are dropped
+    channels = np.flatnonzero(IO.packed_nonempty(packed, n))
+    return image, packed, n, channels, class_ids[channels], \
+        (original_shape, image.shape, window, scale)
+
+
+def _gt_masks(config, packed, n, channels, bbox):
+    if config.USE_MINI_MASK:
+        return IO.packed_minimize_mask(bbox, packed, channels, config.MINI_MASK_SHAPE)
+    return IO.packed_unpack(packed, channels, n)
 
 
 class TrainingLoader(keras.utils.PyDataset):
@@ -244,13 +241,17 @@ class TrainingLoader(keras.utils.PyDataset):
     dataset: prepared Dataset; config: Config (BATCH_SIZE, shapes, anchors, MAX_GT_INSTANCES,
     GT_OVERFLOW, USE_MINI_MASK); shuffle: reshuffle the image order every epoch; augmentation:
     albumentations/imgaug pipeline or None; seed: int (default config.SEED, else random);
-    workers / use_multiprocessing / max_queue_size: Keras PyDataset options.
+    workers / use_multiprocessing / max_queue_size: Keras PyDataset options; cache: keep every
+    decoded image and its bit-packed masks in memory after the first load (original resolution;
+    about 0.5 MB per 256x256 DSB image, tens of MB for the largest), so later epochs skip
+    decoding.  The cache lives in this process: it serves workers=1 and thread workers; process
+    workers (use_multiprocessing) start every epoch with an empty one.
     ``len(loader)`` = max(1, num_images // BATCH_SIZE); ``loader[i]`` is batch i of the current
     epoch (images wrap around when the dataset is smaller than a batch).
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None, seed=None, workers=1,
-                 use_multiprocessing=False, max_queue_size=10):
+                 use_multiprocessing=False, max_queue_size=10, cache=False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         ids = np.asarray(getattr(dataset, "image_ids", []))
@@ -275,10 +276,13 @@ class TrainingLoader(keras.utils.PyDataset):
         self._order = self._make_order()
         self._overflow_logged = False
         self._lock = threading.Lock()
+        self._cache = {} if cache else None
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_lock", None)
+        if state.get("_cache") is not None:
+            state["_cache"] = {}  # not shipped to worker processes
         return state
 
     def __setstate__(self, state):
@@ -311,19 +315,19 @@ class TrainingLoader(keras.utils.PyDataset):
     def build_item(self, image_id, rng):
         """Arrays of one image: molded image, meta, rpn_match, rpn_bbox, gt ids/boxes/masks."""
         cfg = self.config
-        image, mask, class_ids, info = _load_image_gt(self.dataset, cfg, image_id,
-                                                      self.augmentation, rng)
-        bbox = IO.extract_bboxes(mask)
+        image, packed, n, channels, class_ids, info = _load_image_gt(
+            self.dataset, cfg, image_id, self.augmentation, rng, self._cache)
+        bbox = IO.packed_bboxes(packed, channels)
         anchors = get_anchors(cfg, image.shape)
         rpn_match, rpn_bbox = build_rpn_targets(anchors, class_ids, bbox, cfg, rng=rng,
                                                 image_shape=image.shape)
         if len(class_ids) > cfg.MAX_GT_INSTANCES:
             self._log_overflow(image_id, len(class_ids))
-            areas = mask.sum(axis=(0, 1)) if cfg.GT_OVERFLOW == "largest" else None
+            areas = IO.packed_unpack(packed, channels, n).sum(axis=(0, 1)) \
+                if cfg.GT_OVERFLOW == "largest" else None
             keep = select_gt(len(class_ids), cfg.MAX_GT_INSTANCES, cfg.GT_OVERFLOW, rng, areas)
-            class_ids, bbox, mask = class_ids[keep], bbox[keep], mask[..., keep]
-        if cfg.USE_MINI_MASK:
-            mask = IO.minimize_mask(bbox, mask, cfg.MINI_MASK_SHAPE)
+            class_ids, bbox, channels = class_ids[keep], bbox[keep], channels[keep]
+        mask = _gt_masks(cfg, packed, n, channels, bbox)
         meta = _meta(self.dataset, cfg, image_id, info)
         return image, meta, rpn_match, rpn_bbox, class_ids, bbox, mask
 
