@@ -237,3 +237,17 @@ def test_three_channel_legacy_file_fills_everything_but_preproc(tmp_path, legacy
     image = np.zeros((96, 128, 5), np.uint8)
     assert model.detect([image])[0]["masks"].shape[:2] == (96, 128)
     del keras
+
+
+def test_five_channel_images_go_through_the_default_augmentation():
+    from mrcnn_nuclei.data.augment import apply_augmentation, default_augmentation
+
+    ds = PlusDataset(_toy())
+    img = ds.load_image(0)
+    masks, _ = ds.load_mask(0)
+    aug = default_augmentation(channels=5)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out_img, out_masks = apply_augmentation(img, masks, aug, rng=rng)[:2]
+        assert out_img.shape == img.shape and out_img.dtype == np.uint8
+        assert out_masks.shape[:2] == img.shape[:2]

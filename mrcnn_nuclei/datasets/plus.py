@@ -10,7 +10,10 @@
   :func:`unet_distance_source` around a trained distance U-Net.
 
 ``load_mask`` and all the bookkeeping (``image_ids``, ``image_info``, ``class_names``, ...) are
-the base dataset's.
+the base dataset's.  Augment with ``mrcnn_nuclei.data.augment.default_augmentation(channels=5)``
+(hue/saturation jitter needs 3 channels and is left out); its brightness/contrast/blur act on all
+five channels, so the H channel is not recomputed from the jittered colours (a known
+simplification).
 
 :func:`plus_config` / :class:`PlusConfig` turn a config into the Mask R-CNN+ one:
 ``IMAGE_CHANNEL_COUNT = 5``, ``PREPROC_CONV = True`` (a 1x1 ``PREPROC`` convolution maps the 5
