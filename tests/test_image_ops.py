@@ -245,3 +245,14 @@ def test_packed_helpers_equal_unpacked_versions():
                                   IO.minimize_mask(boxes, sub, (20, 16)))
     assert IO.packed_nonempty(packed[..., :0], 0).shape == (0,)
     assert IO.packed_bboxes(packed, []).shape == (0, 4)
+
+
+def test_minimize_mask_on_non_contiguous_stack_equals_contiguous():
+    rng = np.random.default_rng(12)
+    masks = _disk_masks(40, 50, [(rng.integers(5, 35), rng.integers(5, 45)) for _ in range(8)],
+                        rng.integers(3, 9, 8))
+    view = masks[:, :, ::2]
+    assert not view.flags.c_contiguous
+    boxes = IO.extract_bboxes(view)
+    np.testing.assert_array_equal(IO.minimize_mask(boxes, view, (14, 14)),
+                                  IO.minimize_mask(boxes, np.ascontiguousarray(view), (14, 14)))

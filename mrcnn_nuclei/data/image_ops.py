@@ -198,22 +198,35 @@ def _bilinear_crops(mask, boxes, out_shape, channels=None):
     mh, mw = int(out_shape[0]), int(out_shape[1])
     y0, y1i, fy = _axis_samples(boxes[:, 0], boxes[:, 2] - boxes[:, 0], mh)
     x0, x1i, fx = _axis_samples(boxes[:, 1], boxes[:, 3] - boxes[:, 1], mw)
+    W, depth = mask.shape[1], mask.shape[2]
     if channels is None:
         k = np.arange(n)[:, None, None]
-
-        def get(yy, xx):  # gather first, convert after (never convert the whole stack)
-            return mask[yy, xx, k].astype(np.float32)
+        shift = None
     else:
         ch = np.asarray(channels, np.int64)
-        byte = (ch >> 3)[:, None, None]
+        k = (ch >> 3)[:, None, None]
         shift = (7 - (ch & 7)).astype(np.uint8)[:, None, None]
+    if mask.flags.c_contiguous:
+        # flat indices into the raveled stack: row part + column part, shared by the 4 corners
+        flat = mask.reshape(-1)
+        r0, r1 = (y0 * (W * depth))[:, :, None], (y1i * (W * depth))[:, :, None]
+        c0, c1 = (x0 * depth)[:, None, :] + k, (x1i * depth)[:, None, :] + k
 
-        def get(yy, xx):
-            return ((mask[yy, xx, byte] >> shift) & 1).astype(np.float32)
-    a = get(y0[:, :, None], x0[:, None, :])
-    b = get(y0[:, :, None], x1i[:, None, :])
-    c = get(y1i[:, :, None], x0[:, None, :])
-    d = get(y1i[:, :, None], x1i[:, None, :])
+        def get(r, c):
+            vals = np.take(flat, r + c)
+            return ((vals >> shift) & 1 if shift is not None else vals).astype(np.float32)
+    else:
+        r0, r1 = y0[:, :, None], y1i[:, :, None]
+        c0, c1 = x0[:, None, :], x1i[:, None, :]
+
+        def get(r, c):
+            vals = mask[r, c, k]
+            return ((vals >> shift) & 1 if shift is not None else vals).astype(np.float32)
+    # gather first, convert after (never convert the whole stack)
+    a = get(r0, c0)
+    b = get(r0, c1)
+    c = get(r1, c0)
+    d = get(r1, c1)
     fy = fy[:, :, None].astype(np.float32)
     fx = fx[:, None, :].astype(np.float32)
     top = a + (b - a) * fx
@@ -328,8 +341,20 @@ def packed_nonempty(packed, n):
     """
     if n == 0:
         return np.zeros(0, bool)
-    flat = np.bitwise_or.reduce(packed.reshape(-1, packed.shape[-1]), axis=0)
+    flat = np.bitwise_or.reduce(np.bitwise_or.reduce(packed, axis=0), axis=0)
     return np.unpackbits(flat, count=n).astype(bool)
+
+
+def _or_rows(packed):
+    """OR over axis 1 of [H, W, P] by halving (NumPy's strided reduce over axis 1 is slow)."""
+    r = packed
+    while r.shape[1] > 1:
+        half = r.shape[1] // 2
+        head = r[:, :half] | r[:, half:2 * half]
+        if r.shape[1] % 2:
+            head[:, 0] |= r[:, -1]
+        r = head
+    return r[:, 0]
 
 
 def packed_bboxes(packed, channels):
@@ -337,7 +362,7 @@ def packed_bboxes(packed, channels):
     channels = np.asarray(channels, np.int64)
     if len(channels) == 0:
         return np.zeros((0, 4), np.int32)
-    rows = np.unpackbits(np.bitwise_or.reduce(packed, axis=1), axis=-1)[:, channels]
+    rows = np.unpackbits(_or_rows(packed), axis=-1)[:, channels]
     cols = np.unpackbits(np.bitwise_or.reduce(packed, axis=0), axis=-1)[:, channels]
     return _boxes_from_profiles(rows.astype(bool), cols.astype(bool))
 
