@@ -131,6 +131,7 @@ def distance_target(label_image, normalise="per_instance_max"):
 
 # ---------------------------------------------------------------------------- data
 def _load_pair(dataset, image_id, channels):
+    """(image [H, W, channels] as stored (uint8 kept: 4x less memory), target [H, W] float32)."""
     image = np.asarray(dataset.load_image(image_id))
     if image.ndim == 2:
         image = image[..., None]
@@ -138,8 +139,10 @@ def _load_pair(dataset, image_id, channels):
     if image.shape[-1] < channels:
         image = np.repeat(image[..., :1], channels, axis=-1)
     masks, _ = dataset.load_mask(image_id)
-    target = distance_target(masks_to_labels(masks))
-    return image.astype(np.float32) / 255.0, target
+    if masks.shape[:2] != image.shape[:2]:
+        raise ValueError(f"image {image_id} of {type(dataset).__name__}: masks {masks.shape[:2]} "
+                         f"and image {image.shape[:2]} differ in size")
+    return image, distance_target(masks_to_labels(masks))
 
 
 def _pad_to(array, height, width):
@@ -153,8 +156,8 @@ def _pad_to(array, height, width):
 class DistanceSequence(keras.utils.PyDataset):
     """keras PyDataset of (x [B, c, c, channels] float32 0..1, y [B, c, c, 1]) random crops.
 
-    ``dataset`` is any Matterport-style Dataset (load_image, load_mask, image_ids).  Pairs are
-    loaded once and cached; crops, flips and 90-degree rotations are drawn from a generator seeded
+    ``dataset`` is any Matterport-style Dataset (load_image, load_mask, image_ids); uint8 images
+    are scaled by 1/255, float images are used as they are.  Pairs are loaded once and cached; crops, flips and 90-degree rotations are drawn from a generator seeded
     by (``seed``, epoch, batch index), so a run repeats exactly.  Images smaller than the crop are
     reflect-padded.
     """
@@ -196,7 +199,9 @@ class DistanceSequence(keras.utils.PyDataset):
                     x, y = x[:, ::-1], y[:, ::-1]
             xs.append(x)
             ys.append(y[..., None])
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+        x = np.stack(xs)
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        return x, np.stack(ys).astype(np.float32)
 
 
 def train_unet(model, dataset, epochs=80, batch_size=2, crop_size=256, steps_per_epoch=None,
