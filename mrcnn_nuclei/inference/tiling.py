@@ -15,6 +15,11 @@ duplicates and no seams.
 Memory is bounded by one tile: only the current tile's pixels and masks are held, and the image
 can be anything that slices to a NumPy array (``np.ndarray``, ``np.memmap``, ``tifffile.memmap``,
 zarr arrays).  The output label image can be a preallocated (memory-mapped) array via ``out``.
+
+Typical use::
+
+    labels = tiled_detect(lambda tile: model.detect([tile])[0], image, tile_size=512, overlap=96)
+    labels = tiled_detect(lambda tile: tta_detect(model, tile), tifffile.memmap("region.tif"))
 """
 
 from __future__ import annotations
