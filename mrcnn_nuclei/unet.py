@@ -157,7 +157,8 @@ class DistanceSequence(keras.utils.PyDataset):
     """keras PyDataset of (x [B, c, c, channels] float32 0..1, y [B, c, c, 1]) random crops.
 
     ``dataset`` is any Matterport-style Dataset (load_image, load_mask, image_ids); uint8 images
-    are scaled by 1/255, float images are used as they are.  Pairs are loaded once and cached; crops, flips and 90-degree rotations are drawn from a generator seeded
+    are scaled by 1/255, float images are used as they are.  Pairs are loaded on first use and
+    cached; crops, flips and 90-degree rotations are drawn from a generator seeded
     by (``seed``, epoch, batch index), so a run repeats exactly.  Images smaller than the crop are
     reflect-padded.
     """
@@ -170,11 +171,18 @@ class DistanceSequence(keras.utils.PyDataset):
         ids = list(dataset.image_ids if image_ids is None else image_ids)
         if not ids:
             raise ValueError("DistanceSequence: the dataset has no images (call prepare()?)")
-        self.pairs = [_load_pair(dataset, i, channels) for i in ids]
+        self.dataset, self.ids, self.channels = dataset, ids, int(channels)
+        self._cache = {}
         self.batch_size, self.crop_size = int(batch_size), int(crop_size)
         self.seed, self.augment = seed, augment
         self.steps = int(steps or max(1, math.ceil(len(ids) / batch_size)))
         self.epoch = 0
+
+    def pair(self, index):
+        """(image, distance target) of ``ids[index]``, loaded on first use and cached."""
+        if index not in self._cache:
+            self._cache[index] = _load_pair(self.dataset, self.ids[index], self.channels)
+        return self._cache[index]
 
     def __len__(self):
         return self.steps
@@ -187,7 +195,7 @@ class DistanceSequence(keras.utils.PyDataset):
         c = self.crop_size
         xs, ys = [], []
         for _ in range(self.batch_size):
-            image, target = self.pairs[rng.integers(len(self.pairs))]
+            image, target = self.pair(int(rng.integers(len(self.ids))))
             image, target = _pad_to(image, c, c), _pad_to(target, c, c)
             y0 = rng.integers(image.shape[0] - c + 1)
             x0 = rng.integers(image.shape[1] - c + 1)
