@@ -39,12 +39,14 @@ def _median_time(fn, repeats):
     return statistics.median(times)
 
 
-def make_config(backbone, size, min_confidence, max_instances):
+def make_config(backbone, size, min_confidence=None, max_instances=None, rois=None):
     """Nucleus inference config at ``size`` (pad64, no upscaling) with ``backbone``."""
     from mrcnn_nuclei.config import NucleusInferenceConfig
 
     attrs = dict(NAME="bench", BACKBONE=backbone, IMAGE_MIN_SCALE=0, IMAGE_MIN_DIM=size,
                  IMAGE_MAX_DIM=max(64, -(-size // 64) * 64))
+    if rois is not None:
+        attrs["POST_NMS_ROIS_INFERENCE"] = int(rois)
     if min_confidence is not None:
         attrs["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
     if max_instances is not None:
@@ -62,14 +64,15 @@ def backbone_models(keras_model):
     return keras.Model(image, c_levels), keras.Model(image, p_levels)
 
 
-def bench_one(backbone, size, repeats, weights=None, min_confidence=None, max_instances=None):
+def bench_one(backbone, size, repeats, weights=None, min_confidence=None, max_instances=None,
+              rois=None):
     """Timings in seconds for one backbone and image size (dict)."""
     import keras
 
     from mrcnn_nuclei.datasets import SyntheticNucleiDataset
     from mrcnn_nuclei.model import MaskRCNN
 
-    config = make_config(backbone, size, min_confidence, max_instances)
+    config = make_config(backbone, size, min_confidence, max_instances, rois)
     keras.utils.set_random_seed(0)
     model = MaskRCNN("inference", config, model_dir=os.path.join("logs", "bench"))
     if weights:
@@ -99,6 +102,7 @@ def bench_one(backbone, size, repeats, weights=None, min_confidence=None, max_in
             times[key].append(_median_time(fn, 1))
     detect, graph, resnet, fpn = (statistics.median(times[k]) for k in calls)
     return dict(backbone=backbone, size=size, molded=x.shape[1], detections=len(result["scores"]),
+                rois=int(config.POST_NMS_ROIS_INFERENCE),
                 first=first, detect=detect, graph=graph, resnet=resnet, fpn=fpn,
                 overhead=(detect - resnet) / resnet, graph_overhead=(graph - resnet) / resnet)
 
@@ -114,11 +118,14 @@ def main(argv=None):
                    help="DETECTION_MIN_CONFIDENCE (nucleus preset: 0)")
     p.add_argument("--max-instances", type=int, default=None,
                    help="DETECTION_MAX_INSTANCES (nucleus preset: 400)")
+    p.add_argument("--rois", type=int, default=None,
+                   help="POST_NMS_ROIS_INFERENCE (nucleus preset: 2000, Matterport default 1000)")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     backbones = args.backbones.split(",")
     print(f"detect() latency, median of {args.repeats} (first call separately), CPU threads: "
-          f"{os.cpu_count()}")
+          f"{os.cpu_count()}, POST_NMS_ROIS_INFERENCE: "
+          f"{args.rois or make_config('resnet50', 256).POST_NMS_ROIS_INFERENCE}")
     header = (f"{'backbone':10} {'size':>5} {'molded':>6} {'dets':>5} {'first s':>8} "
               f"{'detect s':>9} {'graph s':>8} {'resnet s':>9} {'+fpn s':>7} "
               f"{'overhead':>9} {'graph ovh':>9}")
@@ -127,7 +134,7 @@ def main(argv=None):
     for backbone in backbones:
         for size in sizes:
             r = bench_one(backbone, size, args.repeats, args.weights, args.min_confidence,
-                          args.max_instances)
+                          args.max_instances, args.rois)
             rows.append(r)
             print(f"{r['backbone']:10} {r['size']:5d} {r['molded']:6d} {r['detections']:5d} "
                   f"{r['first']:8.2f} {r['detect']:9.3f} {r['graph']:8.3f} {r['resnet']:9.3f} "

@@ -447,3 +447,22 @@ def test_save_load_round_trip_gives_identical_detections(tmp_path):
     for key in ("rois", "class_ids", "scores", "masks"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert W.load_config_beside(saved).BACKBONE == "resnet18"
+
+
+def test_resolve_weights_arg(empty_places, tmp_path):
+    assert W.resolve_weights_arg("none") is None and W.resolve_weights_arg("NONE") is None
+    with pytest.raises(FileNotFoundError, match="mask_rcnn_coco.h5"):
+        W.resolve_weights_arg("coco")
+    with pytest.raises(FileNotFoundError, match=r"--weights=.*nope.h5.*coco, imagenet, last, none"):
+        W.resolve_weights_arg(str(tmp_path / "nope.h5"))
+    with pytest.raises(ValueError, match="needs the model"):
+        W.resolve_weights_arg("last")
+
+    class FakeModel:  # only find_last matters here
+        def find_last(self):
+            return "/runs/x/mask_rcnn_x_0003.weights.h5"
+
+    assert W.resolve_weights_arg("last", FakeModel()) == "/runs/x/mask_rcnn_x_0003.weights.h5"
+    (empty_places / "env").mkdir()
+    (empty_places / "env" / W.WEIGHT_FILES["imagenet"]["filename"]).write_bytes(b"x")
+    assert W.resolve_weights_arg("imagenet").endswith("notop.h5")
