@@ -84,16 +84,13 @@ def _dense_rpn_targets(anchors, class_ids, boxes, config, rng):
     return match, bbox
 
 
-def stage_times(ds, config, ids, aug, baseline, warm=False):
+def stage_times(ds, config, ids, aug, baseline):
     """ms per image for each stage, on the given image ids."""
     names = ["load", "resize+crop", "augment", "boxes", "rpn targets", "mini-masks+mold"]
     acc = dict.fromkeys(names, 0.0)
     anchors = get_anchors(config, config.IMAGE_SHAPE)
     for image_id in ids:  # benchmark loop over sample images
         rng = np.random.default_rng(int(image_id))
-        if warm:  # read the files once so that both paths find them in the OS page cache
-            ds.load_image(image_id)
-            ds.load_mask(image_id)
         t0 = time.perf_counter()
         if baseline:
             image, mask, class_ids = L._load(ds, config, image_id)
@@ -195,7 +192,10 @@ def main(argv=None):
     if args.stages:
         ids = np.random.default_rng(args.seed).choice(ds.image_ids, min(args.stages, len(ds.image_ids)),
                                                       replace=False)
-        new = stage_times(ds, config, ids, aug, baseline=False, warm=True)
+        for image_id in ids:  # read the files once: both paths then find them in the page cache
+            ds.load_image(image_id)
+            ds.load_mask(image_id)
+        new = stage_times(ds, config, ids, aug, baseline=False)
         G._local.copies = {}
         pack = G._pack_safe
         G._pack_safe = lambda a: False  # baseline: one uint8 mask per channel

@@ -5,7 +5,8 @@ Conventions used everywhere in mrcnn_nuclei:
 * A box is ``(y1, x1, y2, x2)``.  Pixel boxes have ``y2``/``x2`` exclusive: a mask whose last row is
   ``r`` has ``y2 = r + 1`` (as returned by :func:`mrcnn_nuclei.data.image_ops.extract_bboxes`).
 * Normalised boxes (what the graph works with) are produced by
-  :func:`mrcnn_nuclei.data.image_ops.norm_boxes`: ``(y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1, h - 1, w - 1)``.
+  :func:`mrcnn_nuclei.data.image_ops.norm_boxes`:
+  ``(y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1, h - 1, w - 1)``.
 * Box deltas are ``(dy, dx, log(dh), log(dw))``: centre shift divided by the reference box size and
   log size ratio, *not* divided by ``BBOX_STD_DEV`` (callers do that).
 * Anchors are pixel boxes of the molded image, in the order level, y, x, ratio (see
@@ -170,17 +171,19 @@ def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, an
     """Anchors of all pyramid levels, concatenated.
 
     scales: one scale per level (e.g. RPN_ANCHOR_SCALES); ratios: RPN_ANCHOR_RATIOS;
-    feature_shapes: [L, 2] (h, w) per level; feature_strides: [L] pixels per cell; anchor_stride: int.
+    feature_shapes: [L, 2] (h, w) per level; feature_strides: [L] pixels per cell;
+    anchor_stride: int.
     Returns [A, 4] float64 pixel anchors ordered level, y, x, ratio: exactly the order in which an
     RPN head emits its outputs when it reshapes a level's [H, W, ratios * k] convolution output to
     [H * W * ratios, k] and concatenates the levels in pyramid order (P2 ... P6).
     """
     feature_shapes = np.asarray(feature_shapes)
     if not (len(scales) == len(feature_shapes) == len(feature_strides)):
-        raise ValueError("generate_pyramid_anchors: need one scale, one feature shape and one stride "
-                         f"per level; got {len(scales)} scales, {len(feature_shapes)} shapes, "
+        raise ValueError("generate_pyramid_anchors: need one scale, one feature shape and one "
+                         f"stride per level; got {len(scales)} scales, {len(feature_shapes)} shapes, "
                          f"{len(feature_strides)} strides")
-    parts = [generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i], anchor_stride)
+    parts = [generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i],
+                              anchor_stride)
              for i in range(len(scales))]  # loop over pyramid levels (5), not boxes
     return np.concatenate(parts, axis=0)
 
@@ -203,7 +206,8 @@ def get_anchors(config, image_shape):
     """
     shape = tuple(int(v) for v in np.asarray(image_shape)[:2])
     if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"get_anchors: image_shape must be (H, W[, C]) with H, W >= 1, got {image_shape}")
+        raise ValueError(f"get_anchors: image_shape must be (H, W[, C]) with H, W >= 1, "
+                         f"got {image_shape}")
     shapes = tuple(tuple(int(v) for v in row) for row in config.backbone_shapes(shape))
     key = (tuple(float(s) for s in config.RPN_ANCHOR_SCALES),
            tuple(float(r) for r in config.RPN_ANCHOR_RATIOS),

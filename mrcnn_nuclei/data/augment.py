@@ -215,7 +215,8 @@ def _apply_albumentations(image, masks, aug, rng):
         out = pipeline(image=image, mask=packed)
         res = np.asarray(out["mask"]).reshape(out["image"].shape[:2] + (packed.shape[-1],))
         return out["image"], np.unpackbits(res, axis=-1, count=n).view(bool)
-    out = pipeline(image=image, masks=np.ascontiguousarray(np.moveaxis(masks, -1, 0)).astype(np.uint8))
+    stack = np.ascontiguousarray(np.moveaxis(masks, -1, 0)).astype(np.uint8)  # [N, H, W]
+    out = pipeline(image=image, masks=stack)
     res = np.asarray(out["masks"])
     return out["image"], np.moveaxis(res, 0, -1).reshape(out["image"].shape[:2] + (n,)) > 0
 

@@ -388,7 +388,8 @@ def packed_unpack(packed, channels, n):
 
 
 # ---------------------------------------------------------------------------------------- meta
-def compose_image_meta(image_id, original_image_shape, image_shape, window, scale, active_class_ids):
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
+                       active_class_ids):
     """Pack image attributes into one float32 vector.
 
     Layout: image_id (1), original_image_shape (3), image_shape (3), window (4, y1 x1 y2 x2 in the

@@ -16,13 +16,17 @@ Differences from Matterport's generator, on purpose:
   ``np.random.default_rng([seed, epoch, batch, slot])``, so a batch is the same whichever worker
   (thread or process) builds it.
 
-Internally the mask stack stays bit-packed (8 instances per uint8 channel) from loading to the
-mini-masks: it is only moved by nearest-neighbour geometry, and emptiness, boxes and mini-masks are
-read from the packed bits (a full [H, W, N] bool stack is only built when USE_MINI_MASK is off or
-for GT_OVERFLOW "largest"); in crop mode only the
-crop's pixels are computed (image: its source region is resized; masks: its rows and columns are
-gathered).  Masks come out identical to resize_image/resize_mask on the whole image, images
-within +-1 grey level (float32 arithmetic; tests/test_loader.py).
+Speed (measured by benchmarks/data_pipeline.py):
+
+* the mask stack stays bit-packed (8 instances per uint8 channel) from loading to the mini-masks:
+  it is only moved by nearest-neighbour geometry, and emptiness, boxes and mini-masks are read
+  from the packed bits (a full [H, W, N] bool stack is only built when USE_MINI_MASK is off or
+  for GT_OVERFLOW "largest");
+* in crop mode only the crop's pixels are computed (image: its source region is resized; masks:
+  its rows and columns are gathered).  Masks come out identical to resize_image/resize_mask on
+  the whole image, images within +-1 grey level (float32 arithmetic; tests/test_loader.py);
+* RPN targets enumerate only intersecting (anchor, box) pairs on the anchor grids;
+* ``cache=True`` keeps decoded images and packed masks for later epochs.
 """
 
 from __future__ import annotations
@@ -227,7 +231,8 @@ def _load_image_gt(dataset, config, image_id, augmentation, rng, cache=None):
         if image.shape != shape:
             raise ValueError(f"load_image_gt: the augmentation changed the image shape from "
                              f"{shape} to {image.shape}; training batches need a fixed shape "
-                             "(drop crops/resizes from it, e.g. default_augmentation(crop_size=None))")
+                             "(drop crops/resizes from it, e.g. "
+                             "default_augmentation(crop_size=None))")
     # instances that the crop or the augmentation left empty are dropped
     channels = np.flatnonzero(IO.packed_nonempty(packed, n))
     return image, packed, n, channels, class_ids[channels], \

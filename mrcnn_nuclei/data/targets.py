@@ -25,14 +25,14 @@ with ~260k anchors and hundreds of boxes.  Two ways to find those pairs, same re
 
 from __future__ import annotations
 
-import numpy as np
-
 import functools
+
+import numpy as np
 
 from mrcnn_nuclei.boxes import box_refinement, get_anchors
 
-__all__ = ["match_anchors", "build_rpn_targets", "overlap_pairs", "grid_overlap_pairs", "POSITIVE_IOU", "NEGATIVE_IOU",
-           "CROWD_IOU"]
+__all__ = ["match_anchors", "build_rpn_targets", "overlap_pairs", "grid_overlap_pairs",
+           "POSITIVE_IOU", "NEGATIVE_IOU", "CROWD_IOU"]
 
 POSITIVE_IOU = 0.7
 NEGATIVE_IOU = 0.3
