@@ -280,3 +280,25 @@ def test_cache_gives_identical_batches_and_is_not_mutated(synthetic):
     assert not image.flags.writeable and not packed.flags.writeable
     import pickle
     assert pickle.loads(pickle.dumps(cached))._cache == {}
+
+
+def test_steps_per_epoch_beyond_one_pass_reshuffles():
+    cfg = TinyConfig()  # BATCH_SIZE 2
+    ds = _disc([3, 4, 5, 6])
+    loader = L.TrainingLoader(ds, cfg, seed=2, steps_per_epoch=5)
+    assert len(loader) == 5
+    metas = [IO.parse_image_meta(loader[i]["input_image_meta"])["image_id"].tolist()
+             for i in range(5)]
+    # each pass of 2 batches covers every image once
+    assert sorted(metas[0] + metas[1]) == [0, 1, 2, 3]
+    assert sorted(metas[2] + metas[3]) == [0, 1, 2, 3]
+    # a repeated image in a later pass gets a different crop (new random draws)
+    first = loader[0]
+    same = [i for i in (2, 3, 4) if metas[i] == metas[0]]
+    for i in same:
+        assert not np.array_equal(loader[i]["input_image"], first["input_image"])
+    epoch0 = [loader[i]["input_image"] for i in range(5)]
+    loader.on_epoch_end()
+    assert not all(np.array_equal(a, loader[i]["input_image"]) for i, a in enumerate(epoch0))
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        L.TrainingLoader(ds, cfg, steps_per_epoch=0)

@@ -256,12 +256,15 @@ class TrainingLoader(keras.utils.PyDataset):
     about 0.5 MB per 256x256 DSB image, tens of MB for the largest), so later epochs skip
     decoding.  The cache lives in this process: it serves workers=1 and thread workers; process
     workers (use_multiprocessing) start every epoch with an empty one.
-    ``len(loader)`` = max(1, num_images // BATCH_SIZE); ``loader[i]`` is batch i of the current
-    epoch (images wrap around when the dataset is smaller than a batch).
+    steps_per_epoch: batches per epoch (e.g. config.STEPS_PER_EPOCH); default
+    max(1, num_images // BATCH_SIZE), one pass over the images.  Beyond one pass the images are
+    reshuffled for each further pass, and every batch gets its own random draws.
+    ``len(loader)`` = steps per epoch; ``loader[i]`` is batch i of the current epoch (images
+    wrap around when the dataset is smaller than a batch).
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None, seed=None, workers=1,
-                 use_multiprocessing=False, max_queue_size=10, cache=False):
+                 use_multiprocessing=False, max_queue_size=10, cache=False, steps_per_epoch=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         ids = np.asarray(getattr(dataset, "image_ids", []))
@@ -283,7 +286,11 @@ class TrainingLoader(keras.utils.PyDataset):
         self.seed = int(seed)
         self.epoch = 0
         self.image_ids = ids
-        self._order = self._make_order()
+        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+            raise ValueError(f"TrainingLoader: steps_per_epoch must be positive, got "
+                             f"{steps_per_epoch}")
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self._orders = {}
         self._overflow_logged = False
         self._lock = threading.Lock()
         self._cache = {} if cache else None
@@ -299,18 +306,30 @@ class TrainingLoader(keras.utils.PyDataset):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _make_order(self):
-        if not self.shuffle:
-            return self.image_ids.copy()
-        return np.random.default_rng([self.seed, self.epoch, 0x5EED]).permutation(self.image_ids)
-
-    def __len__(self):
+    def _pass_length(self):
         return max(1, len(self.image_ids) // self.config.BATCH_SIZE)
 
+    def _order(self, pass_index):
+        """Image order of one pass over the dataset in the current epoch."""
+        key = (self.epoch, pass_index)
+        order = self._orders.get(key)
+        if order is None:
+            if not self.shuffle:
+                order = self.image_ids.copy()
+            else:
+                order = np.random.default_rng([self.seed, self.epoch, pass_index, 0x5EED]) \
+                    .permutation(self.image_ids)
+            self._orders = {k: v for k, v in self._orders.items() if k[0] == self.epoch}
+            self._orders[key] = order
+        return order
+
+    def __len__(self):
+        return self.steps_per_epoch or self._pass_length()
+
     def on_epoch_end(self):
-        """Advance the epoch counter and reshuffle."""
+        """Advance the epoch counter (new order, new random draws)."""
         self.epoch += 1
-        self._order = self._make_order()
+        self._orders = {}
 
     def _log_overflow(self, image_id, n):
         with self._lock:
@@ -346,8 +365,10 @@ class TrainingLoader(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"TrainingLoader: batch {index} out of range (len {len(self)})")
         b = cfg.BATCH_SIZE
-        n = len(self._order)
-        ids = [int(self._order[(index * b + k) % n]) for k in range(b)]
+        pass_index, j = divmod(index, self._pass_length())
+        order = self._order(pass_index)
+        n = len(order)
+        ids = [int(order[(j * b + k) % n]) for k in range(b)]
         items = [self.build_item(image_id, np.random.default_rng([self.seed, self.epoch, index, k]))
                  for k, image_id in enumerate(ids)]  # loop over the BATCH_SIZE images
         shapes = {it[0].shape for it in items}
