@@ -329,10 +329,38 @@ def load_weights(keras_model, path, by_name=False, exclude=None):
 
 
 def _load_native_whole(keras_model, path):
-    keras_model.load_weights(path)
+    """Strict whole-model load of a Keras 3 file (Keras itself silently skips extra layers).
+
+    When the file's weighted layer names are exactly the model's, layers are matched by name
+    (every shape checked); otherwise (e.g. auto-generated names that differ between sessions)
+    Keras' structural load is used after checking that both hold the same number of weighted
+    layers and variables.
+    """
+    data = _read_native(path)
     leaves, _ = _model_layers(keras_model)
-    return LoadReport(path=path, kind="keras3-native",
-                      loaded=[n for n, l in leaves.items() if l.weights])
+    weighted = {n: l for n, l in leaves.items() if l.weights}
+    if set(data) == set(weighted):
+        plan, report = _plan_native(keras_model, path, set())
+        for variable, array in plan:
+            variable.assign(array)
+        return report
+    n_file_vars = sum(len(a) for a in data.values())
+    n_model_vars = sum(len(l.weights) for l in weighted.values())
+    if len(data) != len(weighted) or n_file_vars != n_model_vars:
+        only_file = sorted(set(data) - set(weighted))[:10]
+        only_model = sorted(set(weighted) - set(data))[:10]
+        raise ValueError(
+            f"{path} holds {len(data)} layers / {n_file_vars} variables but the model has "
+            f"{len(weighted)} / {n_model_vars} (only in the file: {only_file}; only in the model: "
+            f"{only_model}). It was saved from another architecture or mode (e.g. a training "
+            "checkpoint loaded into an inference model); load it with by_name=True to match "
+            "layers by name.")
+    try:
+        keras_model.load_weights(path)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path}: Keras could not load it into this model as a whole; load it "
+                         f"with by_name=True to match layers by name. Keras said: {err}") from err
+    return LoadReport(path=path, kind="keras3-native", loaded=list(weighted))
 
 
 def _plan_legacy(keras_model, path, by_name, excl):

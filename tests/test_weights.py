@@ -466,3 +466,28 @@ def test_resolve_weights_arg(empty_places, tmp_path):
     (empty_places / "env").mkdir()
     (empty_places / "env" / W.WEIGHT_FILES["imagenet"]["filename"]).write_bytes(b"x")
     assert W.resolve_weights_arg("imagenet").endswith("notop.h5")
+
+
+def test_native_whole_load_into_other_architecture_suggests_by_name(tmp_path):
+    model = build_standin(NATIVE_NAMES)
+    path = W.save_weights(model, tmp_path / "a.weights.h5")
+    other = build_standin(["conv1", "bn_conv1"])
+    with pytest.raises(ValueError, match=r"holds 8 layers.*has 2.*by_name=True"):
+        W.load_weights(other, path)  # Keras 3 alone would load the two silently
+    report = W.load_weights(other, path, by_name=True)
+    assert sorted(report.loaded) == ["bn_conv1", "conv1"] and "rpn_conv_shared" in report.skipped
+
+
+def test_native_whole_load_with_auto_generated_names_uses_structure(tmp_path):
+    def unnamed():
+        x = keras.Input((3, 3, 2))
+        y = layers.BatchNormalization()(layers.Conv2D(4, 3)(x))
+        return keras.Model(x, y)
+
+    a, b = unnamed(), unnamed()  # same architecture, different automatic layer names
+    assert {l.name for l in a.layers} != {l.name for l in b.layers}
+    _randomize(a, 5)
+    path = W.save_weights(a, tmp_path / "auto")
+    W.load_weights(b, path)
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
