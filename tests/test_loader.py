@@ -302,3 +302,30 @@ def test_steps_per_epoch_beyond_one_pass_reshuffles():
     assert not all(np.array_equal(a, loader[i]["input_image"]) for i, a in enumerate(epoch0))
     with pytest.raises(ValueError, match="steps_per_epoch"):
         L.TrainingLoader(ds, cfg, steps_per_epoch=0)
+
+
+def test_unpacked_augmentation_paths_in_loader(synthetic):
+    import albumentations as A
+    import cv2
+
+    class Flip:  # imgaug-style protocol (imgaug itself is not a dependency)
+        def to_deterministic(self):
+            return self
+
+        def augment_image(self, image, hooks=None):
+            return np.ascontiguousarray(image[:, ::-1])
+
+    cfg = TinyConfig()
+    rng = np.random.default_rng
+    plain = L.load_image_gt(synthetic, cfg, 1, rng=rng(3))
+    flipped = L.load_image_gt(synthetic, cfg, 1, augmentation=Flip(), rng=rng(3))
+    np.testing.assert_array_equal(flipped[0], plain[0][:, ::-1])
+    np.testing.assert_array_equal(flipped[4], plain[4][:, ::-1])  # mini-masks mirror too
+    w = 128
+    np.testing.assert_array_equal(flipped[3][:, [1, 3]], w - plain[3][:, [3, 1]])
+    # a pipeline that is not mask-safe (linear mask interpolation) takes the unpacked path
+    linear = A.Compose([A.Affine(rotate=(10, 10), mask_interpolation=cv2.INTER_LINEAR, p=1)])
+    image, meta, ids, bbox, mini = L.load_image_gt(synthetic, cfg, 1, augmentation=linear,
+                                                   rng=rng(3))
+    assert len(ids) == len(bbox) == mini.shape[-1] > 0
+    assert np.all(bbox[:, 2] > bbox[:, 0]) and mini.any(axis=(0, 1)).all()
