@@ -25,7 +25,7 @@ from .layers.backbone import FrozenBatchNorm, build_backbone
 from .layers.detection import DetectionLayer, PadDetections, TrimDetections, WindowFromMeta
 from .layers.detection_targets import DetectionTargetLayer, NormBoxes
 from .layers.fpn import fpn_graph
-from .layers.heads import build_fpn_mask_graph, fpn_classifier_graph
+from .layers.heads import TakeFirst, build_fpn_mask_graph, fpn_classifier_graph
 from .layers.proposals import ProposalLayer
 from .layers.roi_align import PyramidROIAlign
 from .layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
@@ -82,14 +82,16 @@ class MaskRCNNTrainingModel(keras.Model):
     """Functional training graph whose loss is the LOSS_WEIGHTS-weighted sum of the five
     Mask R-CNN losses; ``fit`` reports each of them and the total as ``loss``."""
 
-    def __init__(self, *args, loss_weights=None, **kwargs):
+    def __init__(self, *args, loss_weights=None, mask_slots=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_weights_ = dict(loss_weights or {})
+        self.mask_slots = mask_slots
         self._trackers = {n: keras.metrics.Mean(name=n) for n in L.LOSS_NAMES}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """x: the training-batch dict; y_pred: the dict of graph outputs -> total loss."""
         active = x["input_image_meta"][:, 12:]
+        k = self.mask_slots or y_pred["mrcnn_mask"].shape[1]
         parts = {
             "rpn_class_loss": L.rpn_class_loss(x["input_rpn_match"], y_pred["rpn_class_logits"]),
             "rpn_bbox_loss": L.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
@@ -98,7 +100,8 @@ class MaskRCNNTrainingModel(keras.Model):
                                                    y_pred["mrcnn_class_logits"], active),
             "mrcnn_bbox_loss": L.mrcnn_bbox_loss(y_pred["target_bbox"], y_pred["target_class_ids"],
                                                  y_pred["mrcnn_bbox"]),
-            "mrcnn_mask_loss": L.mrcnn_mask_loss(y_pred["target_mask"], y_pred["target_class_ids"],
+            "mrcnn_mask_loss": L.mrcnn_mask_loss(y_pred["target_mask"][:, :k],
+                                                 y_pred["target_class_ids"][:, :k],
                                                  y_pred["mrcnn_mask"]),
         }
         total = 0.0
@@ -135,6 +138,11 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 os.remove(tmp)
 
 
+def _mask_slots(config):
+    """Number of leading ROI slots that can hold positives: int(TRAIN_ROIS * RATIO)."""
+    return max(1, int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO))
+
+
 def _progress_logger(log_dir):
     """TensorBoard callback writing to ``log_dir``; a CSV log (``training_log.csv``) instead
     when the tensorboard package is not installed."""
@@ -145,24 +153,6 @@ def _progress_logger(log_dir):
                     log_dir)
         return keras.callbacks.CSVLogger(os.path.join(log_dir, "training_log.csv"), append=True)
     return keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)
-
-
-class _RepeatLoader(keras.utils.PyDataset):
-    """Present ``steps`` batches per epoch from a shorter (or longer) loader, wrapping around."""
-
-    def __init__(self, inner, steps, workers=1, use_multiprocessing=False):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing)
-        self.inner = inner
-        self.steps = int(steps)
-
-    def __len__(self):
-        return self.steps
-
-    def __getitem__(self, index):
-        return self.inner[index % len(self.inner)]
-
-    def on_epoch_end(self):
-        self.inner.on_epoch_end()
 
 
 # ------------------------------------------------------------------------------------ facade
@@ -242,8 +232,11 @@ class MaskRCNN:
                 rois, input_image, mrcnn_maps)
             logits, probs, bbox = fpn_classifier_graph(
                 pooled, c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, **head_args)
+            # positives always occupy the first int(T * ratio) slots and only positives have
+            # a mask loss, so the mask branch only runs on those slots
+            mask_rois = TakeFirst(_mask_slots(c), name="positive_rois")(rois)
             mpooled = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE),
-                                      name="roi_align_mask")(rois, input_image, mrcnn_maps)
+                                      name="roi_align_mask")(mask_rois, input_image, mrcnn_maps)
             masks = mask_head(mpooled)
             inputs = {"input_image": input_image, "input_image_meta": input_meta,
                       "input_rpn_match": in_match, "input_rpn_bbox": in_rpn_bbox,
@@ -255,7 +248,7 @@ class MaskRCNN:
                        "mrcnn_class_logits": logits, "mrcnn_class": probs, "mrcnn_bbox": bbox,
                        "mrcnn_mask": masks}
             return MaskRCNNTrainingModel(inputs, outputs, loss_weights=c.LOSS_WEIGHTS,
-                                         name="mask_rcnn")
+                                         mask_slots=_mask_slots(c), name="mask_rcnn")
 
         pooled = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), name="roi_align_classifier")(
             rpn_rois, input_image, mrcnn_maps)
@@ -371,10 +364,9 @@ class MaskRCNN:
     def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing, steps):
         from .data.loader import TrainingLoader
 
-        inner = TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
-                               seed=self.config.SEED, workers=1)
-        return _RepeatLoader(inner, steps, workers=workers,
-                             use_multiprocessing=use_multiprocessing)
+        return TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
+                              seed=self.config.SEED, workers=workers,
+                              use_multiprocessing=use_multiprocessing, steps_per_epoch=steps)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
               custom_callbacks=None, workers=1, use_multiprocessing=False, verbose=1):

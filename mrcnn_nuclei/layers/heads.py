@@ -12,7 +12,7 @@ from keras import layers, ops
 
 from .backbone import norm_layer
 
-__all__ = ["FoldRois", "UnfoldRois", "fpn_classifier_graph", "build_fpn_mask_graph"]
+__all__ = ["FoldRois", "UnfoldRois", "TakeFirst", "fpn_classifier_graph", "build_fpn_mask_graph"]
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
@@ -36,6 +36,24 @@ class UnfoldRois(layers.Layer):
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (reference_shape[0], reference_shape[1]) + tuple(x_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="mrcnn_nuclei")
+class TakeFirst(layers.Layer):
+    """[B, N, ...] -> [B, n, ...]: the first ``n`` entries along axis 1."""
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def call(self, x):
+        return x[:, :self.n]
+
+    def compute_output_shape(self, shape):
+        return (shape[0], self.n) + tuple(shape[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
 
 
 def fpn_classifier_graph(pooled, num_classes, fc_layers_size=1024, pool_size=7, norm="bn",
