@@ -181,3 +181,28 @@ def test_layer_regex_presets():
     assert sel("4+") == names[4:]
     assert sel("5+") == names[5:]
     assert sel("all") == names
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_inference_graph_stage_shapes(tmp_path, arch):
+    """Symbolic shapes and dtypes of every stage of the full inference graph (build only)."""
+
+    class C(TinyConfig):
+        BACKBONE = arch
+        TOP_DOWN_PYRAMID_SIZE = 256
+        FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+        POST_NMS_ROIS_INFERENCE = 1000
+        DETECTION_MAX_INSTANCES = 100
+
+    km = MaskRCNN("inference", C(), tmp_path).keras_model
+    det, cls, bbox, mask, rois, rpn_class, rpn_bbox = km.outputs
+    assert tuple(det.shape) == (None, 100, 6)
+    assert tuple(cls.shape) == (None, 1000, 2) and tuple(bbox.shape) == (None, 1000, 2, 4)
+    assert tuple(mask.shape) == (None, 100, 28, 28, 2)
+    assert tuple(rois.shape) == (None, 1000, 4)
+    assert tuple(rpn_class.shape) == (None, None, 2) and tuple(rpn_bbox.shape) == (None, None, 4)
+    assert all(o.dtype == "float32" for o in km.outputs)
+    assert km.get_layer("res5c_branch2c").output.shape[-1] == 2048
+    assert km.get_layer("fpn_p2").output.shape[-1] == 256
+    n4 = len([l for l in km.layers if l.name.startswith("res4") and l.name.endswith("branch2a")])
+    assert n4 == (6 if arch == "resnet50" else 23)
