@@ -13,6 +13,11 @@ IoU matrix for the RPN targets), (2) batches/second for: 0 workers (``loader[i]`
 thread), Keras's synchronous path (workers=1), a Keras thread pool (workers=2) and, with
 ``--processes``, Keras process pools (use_multiprocessing=True, 1 and 2 processes), and with
 ``--cache`` a loader with ``cache=True`` in a later epoch (images already decoded).
+
+Target: the loader must build batches at least 5x faster than the model trains on them, so it is
+never the bottleneck.  Pass the measured training step time of the same batch size
+(``benchmarks/train_speed.py`` prints it as "step s") with ``--train-step-s``; each row then shows
+its speed relative to the model and whether it meets the target.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ from mrcnn_nuclei.data import augment as G  # noqa: E402
 from mrcnn_nuclei.data import image_ops as IO  # noqa: E402
 from mrcnn_nuclei.data import loader as L  # noqa: E402
 from mrcnn_nuclei.data.targets import build_rpn_targets  # noqa: E402
+
+
+#: the loader must be at least this many times faster than a training step (issue target)
+TARGET_RATIO = 5.0
 
 
 def make_config(batch_size):
@@ -178,7 +187,13 @@ def main(argv=None):
     p.add_argument("--cache", action="store_true", help="also time cache=True (later epochs)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-step-s", type=float, default=None,
+                   help="seconds per training step of the model at this batch size (from "
+                        "benchmarks/train_speed.py): rows then show loader speed / model speed "
+                        f"against the {TARGET_RATIO:g}x target")
     args = p.parse_args(argv)
+    if args.train_step_s is not None and args.train_step_s <= 0:
+        p.error("--train-step-s must be positive")
 
     config = make_config(args.batch_size)
     ds = make_dataset(args.dataset, args.root, count=max(64, args.batch_size * (args.batches + 2)))
@@ -222,9 +237,22 @@ def main(argv=None):
             rows.append((f"{w} process{'es' if w > 1 else ''} (use_multiprocessing)",
                          throughput(ds, config, aug, args.batches, w, True, args.seed)))
     print(f"\nthroughput, batch size {args.batch_size}, {args.batches} batches each")
-    print(f"{'setting':40} {'batches/s':>10} {'images/s':>10}")
+    step = args.train_step_s
+    if step is None:
+        print(f"{'setting':40} {'batches/s':>10} {'images/s':>10}")
+        for label, bps in rows:
+            print(f"{label:40} {bps:10.2f} {bps * args.batch_size:10.2f}")
+        print(f"(pass --train-step-s with the model's training step time to check the "
+              f"{TARGET_RATIO:g}x target)")
+        return rows
+    print(f"model: {step:.3f} s per training step = {1 / step:.2f} batches/s; target: loader "
+          f">= {TARGET_RATIO:g}x that = {TARGET_RATIO / step:.2f} batches/s")
+    print(f"{'setting':40} {'batches/s':>10} {'images/s':>10} {'x model':>8} {'target':>7}")
     for label, bps in rows:
-        print(f"{label:40} {bps:10.2f} {bps * args.batch_size:10.2f}")
+        ratio = bps * step
+        verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
+        print(f"{label:40} {bps:10.2f} {bps * args.batch_size:10.2f} {ratio:8.1f} {verdict:>7}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -221,3 +221,10 @@ def test_test_set_without_masks_and_load_nucleus(tmp_path):
     assert len(DSBDataset().load_nucleus(root, "stage1_train").image_info) == 2
     with pytest.raises(FileNotFoundError, match="stage2_test"):
         DSBDataset().load_nucleus(root, "stage2_test")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    root = _fake_tree(tmp_path)
+    (root / "stage1_train" / "b2" / "images" / "b2.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="b2.png"):
+        DSBDataset().load(root)

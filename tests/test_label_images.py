@@ -121,3 +121,10 @@ def test_errors_name_the_files(folders, caplog):
     ds = LabelImageDataset().load(img_dir, lab_dir)
     with pytest.raises(ValueError, match="c.tif"):
         ds.load_mask(2)
+
+
+def test_unreadable_image_names_the_file(folders):
+    img_dir, lab_dir, _ = folders
+    (img_dir / "a.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"a\.png"):
+        LabelImageDataset().load(img_dir, lab_dir)

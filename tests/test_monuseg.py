@@ -130,3 +130,18 @@ def test_side_by_side_layout_unpaired_and_errors(tmp_path, caplog):
     (tmp_path / "bad.xml").write_text(_xml([]))
     with pytest.raises(ValueError, match="bad.tif"):
         MoNuSegDataset().load(tmp_path, names=["bad"])
+
+
+def test_annotation_without_regions_raises_or_is_skipped_and_empty_names(tmp_path, caplog):
+    for name in ("TCGA-B0-0002", "TCGA-B0-0003"):
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / f"{name}.tif")
+    (tmp_path / "TCGA-B0-0002.xml").write_text(_xml([[(2, 2), (8, 2), (8, 6), (2, 6)]]))
+    (tmp_path / "TCGA-B0-0003.xml").write_text(_xml([]))            # no nucleus at all
+    with pytest.raises(ValueError, match="TCGA-B0-0003.xml"):
+        MoNuSegDataset().load(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        ds = MoNuSegDataset().load(tmp_path, skip_empty=True)
+    assert [i["id"] for i in ds.image_info] == ["TCGA-B0-0002"]
+    assert ds.skipped == ["TCGA-B0-0003"] and "skipped 1 tile" in caplog.text
+    with pytest.raises(ValueError, match="empty names list"):
+        MoNuSegDataset().load(tmp_path, names=[])

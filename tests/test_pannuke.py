@@ -6,7 +6,7 @@ import pytest
 from mrcnn_nuclei.datasets import PanNukeDataset
 from mrcnn_nuclei.datasets.pannuke import CLASS_NAMES
 
-H = W = 32
+H = W = 256  # the released patch size: images.npy [N, 256, 256, 3], masks.npy [N, 256, 256, 6]
 
 
 def _fold_arrays(rng, n, tissues):
@@ -53,8 +53,8 @@ def _expected_instances(type_maps, multi):
         for value in sorted(set(type_maps[:, :, c].ravel().tolist()) - {0.0}):
             m = np.zeros((H, W), bool)
             for y in range(H):
-                for x in range(W):
-                    m[y, x] = type_maps[y, x, c] == value
+                for x in np.flatnonzero(type_maps[y, :, c] == value):
+                    m[y, x] = True
             masks.append(m)
             classes.append(c + 1 if multi else 1)
     return masks, classes
@@ -128,3 +128,11 @@ def test_arrays_are_memory_mapped(pannuke_root):
     import pickle
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._arrays == {} and np.array_equal(clone.load_image(1), ds.load_image(1))
+
+
+def test_unreadable_array_names_the_file(tmp_path):
+    (tmp_path / "f1").mkdir()
+    (tmp_path / "f1" / "images.npy").write_bytes(b"not an npy file")
+    np.save(tmp_path / "f1" / "masks.npy", np.zeros((1, 8, 8, 6)))
+    with pytest.raises(ValueError, match="images.npy"):
+        PanNukeDataset().load(tmp_path)

@@ -16,7 +16,9 @@ nucleus keeps its visible pixels. A region is *degenerate* when it has fewer tha
 (``"vertices"``), covers no pixel centre (``"empty"``) or is entirely covered by later regions,
 e.g. a duplicated annotation (``"covered"``). Degenerate regions yield no instance; they are
 logged and listed in ``image_info["degenerate"]`` as ``(region index, Region Id, reason)``, so
-``len(instances) == image_info["n_regions"] - len(image_info["degenerate"])``.
+``len(instances) == image_info["n_regions"] - len(image_info["degenerate"])``. An annotation file
+with no ``Region`` at all raises a ``ValueError`` naming it (``load(..., skip_empty=True)`` skips
+and logs such tiles instead).
 
 ``image_info["organ"]`` comes from the TCGA tissue-source-site code (``TCGA-<site>-...``) via
 ``mrcnn_nuclei.folds.organ_of``: the organ labels of the MoNuSeg release (which calls the sites
@@ -209,13 +211,16 @@ class MoNuSegDataset(Dataset):
         super().__init__(class_map)
         self._labels = {}  # image index -> int16/int32 label image rasterised by load()
 
-    def load(self, root, names=None, channels=3, cache=True):
+    def load(self, root, names=None, channels=3, cache=True, skip_empty=False):
         """Register MoNuSeg tiles.
 
         root: folder holding ``Tissue_Images/`` and ``Annotations/`` (or both file kinds).
         names: tile names (with or without extension) to load; default every ``.xml`` that has a
         matching ``.tif`` (unpaired files are logged and skipped). channels: of ``load_image``.
         cache: keep the label images rasterised here (2 MB per 1000x1000 tile) for ``load_mask``.
+        skip_empty: an annotation file without any ``Region`` (no nuclei, or not Aperio XML)
+        raises a ``ValueError`` naming it; True skips such tiles instead (logged, listed in
+        ``self.skipped``).
         Returns ``self``. Parses and rasterises every XML (~0.5 s per tile) to find the
         degenerate regions.
         """
@@ -247,6 +252,7 @@ class MoNuSegDataset(Dataset):
         self.channel_count = int(channels)
         self.add_class(SOURCE, 1, "nucleus")
         n_regions = n_degenerate = 0
+        skipped = []
         for name in names:
             try:
                 with Image.open(tifs[name]) as im:
@@ -254,6 +260,14 @@ class MoNuSegDataset(Dataset):
             except Exception as exc:  # noqa: BLE001
                 raise ValueError(f"cannot read image file {tifs[name]}: {exc}") from exc
             regions = parse_aperio_xml(xmls[name])
+            if not regions:
+                if skip_empty:
+                    skipped.append(name)
+                    continue
+                raise ValueError(f"annotation file {xmls[name]} has no Region polygons (image "
+                                 f"{tifs[name]}): expected Aperio XML with Annotation/Regions/"
+                                 "Region/Vertices/Vertex; pass skip_empty=True to skip tiles "
+                                 "without nuclei")
             polygons = [xy for _, xy in regions]
             labels, reasons = rasterise_polygons(polygons, (height, width))
             degenerate = [(i, regions[i][0], why) for i, why in reasons]
@@ -270,6 +284,10 @@ class MoNuSegDataset(Dataset):
         if n_degenerate:
             logger.warning("MoNuSegDataset: %d of %d regions are degenerate and give no instance "
                            "(listed in image_info['degenerate'])", n_degenerate, n_regions)
+        if skipped:
+            logger.warning("MoNuSegDataset: skipped %d tile(s) whose annotation file has no "
+                           "Region (first: %s)", len(skipped), xmls[skipped[0]])
+        self.skipped = skipped
         return self
 
     def load_image(self, image_id):
