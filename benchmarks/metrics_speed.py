@@ -50,6 +50,21 @@ def make_pair(size=1000, grid=25, seed=0):
     return gt, pred
 
 
+def class_maps(gt, pred, n_classes=5, seed=2):
+    """PanNuke-style class maps: GT nucleus ``i`` has class ``(i - 1) % 5 + 1``; a prediction takes
+    the class of the nucleus it overlaps most (1 if none), 10% of them then a random class."""
+    rng = np.random.default_rng(seed)
+    gt_cls = np.where(gt > 0, (gt - 1) % n_classes + 1, 0)
+    c = M.Contingency(gt, pred)
+    best = c.gt_ids[np.argmax(c.inter, axis=0)] if c.n_gt else np.ones(c.n_pred, np.int64)
+    cls = np.where(c.inter.max(axis=0, initial=0) > 0, (best - 1) % n_classes + 1, 1)
+    flip = rng.random(cls.size) < 0.1
+    cls[flip] = rng.integers(1, n_classes + 1, flip.sum())
+    lut = np.zeros(int(pred.max()) + 1, np.int64)
+    lut[c.pred_ids] = cls
+    return gt_cls, lut[pred]
+
+
 def timed(fn, repeat):
     best = np.inf
     for _ in range(repeat):
@@ -69,6 +84,7 @@ def main(argv=None):
     print(f"image {gt.shape[0]}x{gt.shape[1]}: {n_gt} GT nuclei, {n_pred} predicted")
     scores = np.random.default_rng(1).random(n_pred)
     tissues = ["bench"]
+    gt_cls, pred_cls = class_maps(gt, pred)
     jobs = [
         ("contingency table", lambda: M.Contingency(gt, pred)),
         ("dsb_score", lambda: M.dsb_score(gt, pred)),
@@ -79,6 +95,8 @@ def main(argv=None):
         ("matched_mean_iou", lambda: M.matched_mean_iou(gt, pred)),
         ("f1_detection", lambda: M.f1_detection(gt, pred)),
         ("pannuke_bpq", lambda: M.pannuke_bpq([gt], [pred], tissues)),
+        ("pannuke_mpq (5 classes)", lambda: M.pannuke_mpq([(gt, gt_cls)], [(pred, pred_cls)],
+                                                          tissues)),
         ("coco_mask_ap (numpy)", lambda: M.coco_mask_ap([gt], [pred], [scores],
                                                         backend="numpy")),
     ]

@@ -24,6 +24,11 @@ Matching rules
 Empty images (documented per function): DSB, Dice, AJI, AJI+ and F1 score 1.0 when both images are
 empty and 0.0 when exactly one is; PQ returns ``(nan, nan, nan)`` for empty vs empty so that
 nan-means skip the image; matched mean IoU is nan when nothing matches.
+
+Bad input (every per-image metric, through :func:`to_label`): ground truth and prediction of
+different height/width raise ``ValueError``; a 2-D label image of non-integer dtype (float, even
+with whole values) raises ``TypeError``, and so does a 2-D bool mask (except in :func:`dice`) or a
+3-D stack that is not bool/0-1; negative ids or an ndim other than 2/3 raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -222,7 +227,10 @@ def dsb_score(gt, pred):
 
 
 def dsb_score_dataset(gts, preds):
-    """Mean of :func:`dsb_score` over images (lists of ``[H, W]`` label images). Returns a float."""
+    """Mean of :func:`dsb_score` over images (lists of ``[H, W]`` label images). Returns a float.
+
+    Raises ``ValueError`` when the lists differ in length or are empty.
+    """
     gts, preds = list(gts), list(preds)
     if len(gts) != len(preds):
         raise ValueError(f"gts has {len(gts)} images but preds has {len(preds)}")

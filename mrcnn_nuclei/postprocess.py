@@ -236,7 +236,11 @@ def rle_encode(mask):
 
 
 def rle_decode(rle, shape):
-    """Mask ``[H, W]`` bool from a Kaggle RLE string (or sequence of ints) and ``shape=(H, W)``."""
+    """Mask ``[H, W]`` bool from a Kaggle RLE string (or sequence of ints) and ``shape=(H, W)``.
+
+    ``""`` gives an empty mask. Raises ``ValueError`` for non-integer tokens, an odd count of
+    numbers, or runs outside pixels ``1..H*W`` (1-based, column-major).
+    """
     h, w = int(shape[0]), int(shape[1])
     if isinstance(rle, str):
         try:

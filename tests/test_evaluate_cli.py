@@ -58,6 +58,33 @@ def minus_one_detector(ds):
     return detect, table, calls
 
 
+def cocoeval_ap(dataset, ids, results):
+    """AP@[.5:.95] of COCO results JSON dicts (image k + 1 = ids[k]) by pycocotools' COCOeval."""
+    from pycocotools import mask as mu
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn_nuclei.postprocess import masks_to_label
+
+    images, anns = [], []
+    for k, i in enumerate(ids):
+        gt = masks_to_label(dataset.load_mask(i)[0])
+        images.append({"id": k + 1, "height": gt.shape[0], "width": gt.shape[1]})
+        for v in np.unique(gt)[1:]:
+            rle = mu.encode(np.asfortranarray((gt == v).astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": 1,
+                         "segmentation": rle, "area": float(mu.area(rle)),
+                         "bbox": list(mu.toBbox(rle)), "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1}]}
+    coco.createIndex()
+    e = COCOeval(coco, coco.loadRes(results), "segm")  # maxDets 100 >= nuclei per image here
+    e.evaluate()
+    e.accumulate()
+    e.summarize()
+    return e.stats[0]
+
+
 def test_evaluate_dataset_known_scores_and_files(ev, dataset, tmp_path):
     detect, table, calls = minus_one_detector(dataset)
     ids = list(dataset.image_ids)
@@ -98,6 +125,16 @@ def test_evaluate_dataset_known_scores_and_files(ev, dataset, tmp_path):
     assert saved["n_images"] == len(ids)
     coco = json.loads((out / "predictions_coco.json").read_text())
     assert len(coco) == tp_total and {d["image_id"] for d in coco} == {1, 2, 3}
+    # the COCO JSON, scored by COCOeval itself against the ground truth, gives the summary's AP
+    assert cocoeval_ap(dataset, ids, coco) == pytest.approx(summary["coco"]["AP"], abs=1e-12)
+    # PanNuke bPQ/mPQ: per-image PQ (= F1 here, exact masks) averaged over the one tissue "all"
+    pan = summary["pannuke"]
+    assert pan["bpq"] == pytest.approx(np.mean(exp_f1))
+    assert pan["mpq"] == pytest.approx(np.mean(exp_f1))   # one class: mPQ = bPQ
+    assert pan["per_tissue"] == {"all": {"bpq": pytest.approx(np.mean(exp_f1)),
+                                         "mpq": pytest.approx(np.mean(exp_f1)),
+                                         "images": len(ids)}}
+    assert saved["pannuke"]["bpq"] == pytest.approx(pan["bpq"])
     for i, row in zip(ids, rows):
         name = row["image_id"]
         lab = tifffile.imread(out / "labels" / f"{name}.tif")

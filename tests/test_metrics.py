@@ -197,6 +197,33 @@ def test_aji_reuses_a_prediction_but_aji_plus_does_not():
     assert M.aji_plus(gt, pred) == pytest.approx(42 / (96 + 42))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_aji_plus_against_enumerated_pairings(seed):
+    """AJI+ with the one-to-one pairing of maximal summed IoU found by enumerating all pairings."""
+    rng = np.random.default_rng(500 + seed)
+    gt = random_label(rng, 40, 5)
+    pred = perturb(rng, gt)
+    # merge the predictions covering two nuclei: AJI would reuse it, AJI+ pairs it only once
+    under = [np.bincount(pred[(gt == g) & (pred > 0)]).argmax() for g in np.unique(gt)[1:]
+             if ((gt == g) & (pred > 0)).any()]
+    pred[pred == under[1]] = under[0]
+    iou, inter, union, g_area, p_area = bf_ious(gt, pred)
+    ng, np_ = iou.shape
+    best, best_pairs = -1.0, []
+    rows, cols = (range(ng), range(np_)) if ng <= np_ else (range(np_), range(ng))
+    for perm in itertools.permutations(cols, len(rows)):
+        pairs_ = [(i, j) if ng <= np_ else (j, i) for i, j in zip(rows, perm)]
+        total = sum(iou[i, j] for i, j in pairs_)
+        if total > best + 1e-12:
+            best, best_pairs = total, pairs_
+    kept = [(i, j) for i, j in best_pairs if iou[i, j] > 0]
+    c = sum(inter[i, j] for i, j in kept)
+    u = sum(union[i, j] for i, j in kept)
+    u += sum(g_area[i] for i in range(ng) if i not in {i for i, _ in kept})
+    u += sum(p_area[j] for j in range(np_) if j not in {j for _, j in kept})
+    assert M.aji_plus(gt, pred) == pytest.approx(c / u, abs=1e-12)
+
+
 # --------------------------------------------------------------------------- hand-made cases
 def four_squares():
     gt = np.zeros((40, 40), np.int32)
@@ -227,6 +254,11 @@ def test_one_missing_and_one_extra():
     assert M.aji(pred, gt) == pytest.approx(300 / 400)
     r = M.evaluate_all(pred, gt)
     assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
+    assert M.panoptic_quality(pred, gt) == pytest.approx((6 / 7, 6 / 7, 1.0))
+    assert M.f1_detection(pred, gt) == pytest.approx(6 / 7)
+    assert M.aji_plus(gt, pred) == pytest.approx(300 / 400)
+    assert M.aji_plus(pred, gt) == pytest.approx(300 / 400)
+    assert M.matched_mean_iou(pred, gt) == pytest.approx(1.0)
 
 
 def test_shifted_masks_known_iou():
@@ -255,6 +287,10 @@ def test_empty_cases():
         assert M.dice(a, b) == 0.0 and M.f1_detection(a, b) == 0.0
     assert M.dsb_score(empty, empty) == 1.0
     assert M.dice(empty, empty) == 1.0
+    assert M.aji(empty, empty) == 1.0 and M.aji_plus(empty, empty) == 1.0
+    assert M.f1_detection(empty, empty) == 1.0
+    assert np.isnan(M.matched_mean_iou(empty, empty))
+    assert np.isnan(M.matched_mean_iou(gt, empty)) and np.isnan(M.matched_mean_iou(empty, gt))
     assert all(np.isnan(M.panoptic_quality(empty, empty)))
     assert M.coco_mask_ap([gt], [empty])["AP"] == 0.0
     assert np.isnan(M.coco_mask_ap([empty], [gt])["AP"])
@@ -334,6 +370,72 @@ def test_coco_ap_matches_cocoeval_run_directly():
     assert ours["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)
     assert ours["AP75"] == pytest.approx(ev.stats[2], abs=1e-12)
     assert 0.05 < ours["AP"] < 0.95  # a non-trivial case
+
+
+def cocoeval_direct(gts, preds, scores, max_dets):
+    """AP, AP50, AP75 from pycocotools' COCOeval on label images or (overlapping) bool stacks."""
+    from pycocotools import mask as mu
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def instances(x):
+        if x.ndim == 3:
+            return [x[..., k] for k in range(x.shape[-1])]
+        return [x == v for v in np.unique(x)[1:]]
+
+    images, anns, dets = [], [], []
+    for i, (g, p, sc) in enumerate(zip(gts, preds, scores)):
+        images.append({"id": i + 1, "height": g.shape[0], "width": g.shape[1]})
+        for m in instances(g):
+            rle = mu.encode(np.asfortranarray(m.astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1,
+                         "segmentation": rle, "area": float(mu.area(rle)),
+                         "bbox": list(mu.toBbox(rle)), "iscrowd": 0})
+        for m, score in zip(instances(p), sc):
+            rle = mu.encode(np.asfortranarray(m.astype(np.uint8)))
+            dets.append({"image_id": i + 1, "category_id": 1, "segmentation": rle,
+                         "score": float(score)})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1}]}
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(dets), "segm")
+    ev.params.maxDets = list(max_dets)
+    ev.evaluate()
+    ev.accumulate()
+    if max(max_dets) == 100:  # summarize() reports at maxDets=100 only
+        ev.summarize()
+        return ev.stats[:3]
+    prec = ev.eval["precision"][:, :, 0, 0, -1]  # [T, R] at area "all", the largest maxDets
+    return [float(np.mean(p[p > -1])) for p in (prec, prec[0], prec[5])]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_coco_ap_both_backends_match_cocoeval_run_directly(seed):
+    """Many seeds: label images, overlapping duplicate stacks, tied scores, an empty image."""
+    rng = np.random.default_rng(1000 + seed)
+    gts, preds, scores = [], [], []
+    for s in range(4):
+        gt, pred = pairs(700 + 10 * seed + s)
+        ids = np.unique(pred)[1:]
+        if s % 2:  # a stack with shifted duplicates of some predictions (overlapping masks)
+            stack = np.stack([pred == v for v in ids], axis=-1)
+            dup = np.roll(stack[..., : max(1, ids.size // 3)], 1 + seed % 3, axis=0)
+            pred = np.concatenate([stack, dup], axis=-1)
+        n = pred.shape[-1] if pred.ndim == 3 else ids.size
+        sc = rng.choice([0.2, 0.5, 0.8], n) if seed % 2 else rng.random(n)
+        gts.append(gt)
+        preds.append(pred)
+        scores.append(sc)
+    gts.append(np.zeros((64, 64), np.int32))  # no nuclei: its detections are false positives
+    preds.append(pairs(900 + seed)[1])
+    scores.append(rng.random(len(np.unique(preds[-1])) - 1))
+    for md in ((1, 10, 6), (1, 10, 100)):  # 6: COCOeval keeps the 6 best detections per image
+        expect = cocoeval_direct(gts, preds, scores, md)
+        for backend in ("pycocotools", "numpy"):
+            ours = M.coco_mask_ap(gts, preds, scores, max_dets=md, backend=backend)
+            got = (ours["AP"], ours["AP50"], ours["AP75"])
+            assert got == pytest.approx(tuple(expect), abs=1e-12), (backend, md)
+    assert 0.01 < expect[0] < 0.95 and 0.1 < expect[1] < 1.0  # non-trivial
 
 
 def test_coco_ap_stack_input_equals_label_input():
@@ -506,6 +608,71 @@ def test_pannuke_mpq_and_bpq_against_brute_force():
     assert bpq == pytest.approx(exp_b)
     assert per_tb == pytest.approx(exp_tb)
     assert 0.0 < mpq < bpq < 1.0  # random prediction classes: mPQ well below bPQ
+
+
+def bf_pannuke_images(gts, preds):
+    """Per-image mPQ (nan-mean over classes present in the ground truth) and bPQ, by loops."""
+    m_img, b_img = [], []
+    for gs, ps in zip(gts, preds):
+        pqs = [bf_pq(gs[..., c], ps[..., c])[0] if gs[..., c].max() else np.nan
+               for c in range(5)]
+        valid = [v for v in pqs if not np.isnan(v)]
+        m_img.append(sum(valid) / len(valid) if valid else np.nan)
+        gb = np.zeros(gs.shape[:2], int)
+        pb = np.zeros(gs.shape[:2], int)
+        for c in range(5):
+            gb = np.where(gs[..., c] > 0, gs[..., c] + 1000 * (c + 1), gb)
+            pb = np.where(ps[..., c] > 0, ps[..., c] + 1000 * (c + 1), pb)
+        b_img.append(bf_pq(gb, pb)[0] if gb.max() else np.nan)
+    return m_img, b_img
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pannuke_against_brute_force_many_seeds(seed):
+    """Random tissues; some classes absent from the ground truth, some never predicted."""
+    rng = np.random.default_rng(seed)
+    n = 8
+    tissues = [str(t) for t in rng.choice(["Breast", "Colon", "Lung", "Kidney"], n)]
+    gts, preds = [], []
+    for s in range(n):
+        gs, ps = typed_pair(400 + 20 * seed + s)
+        gone = rng.integers(0, 5)
+        gs[..., gone] = 0          # a class absent from this ground truth: skipped (nan)
+        ps[..., (gone + 1) % 5] = 0  # a class present but not predicted: PQ 0
+        if s == 0 and seed % 2:
+            gs[..., :5] = 0        # an image without nuclei: skipped by both
+        gts.append(gs)
+        preds.append(ps)
+    m_img, b_img = bf_pannuke_images(gts, preds)
+    mpq, per_t = M.pannuke_mpq(gts, preds, tissues)
+    exp_m, exp_t = bf_pannuke(m_img, tissues)
+    assert mpq == pytest.approx(exp_m, abs=1e-12)
+    assert per_t == pytest.approx(exp_t, abs=1e-12, nan_ok=True)
+    bpq, per_tb = M.pannuke_bpq(gts, preds, tissues)
+    exp_b, exp_tb = bf_pannuke(b_img, tissues)
+    assert bpq == pytest.approx(exp_b, abs=1e-12)
+    assert per_tb == pytest.approx(exp_tb, abs=1e-12, nan_ok=True)
+
+
+def test_pannuke_hand_made():
+    gt = four_squares()
+    cls = np.where(gt > 0, np.array([0, 1, 1, 2, 3])[gt], 0)  # classes 1, 1, 2, 3
+    wrong = np.where(gt > 0, 5, 0)                            # every nucleus called class 5
+    assert M.pannuke_bpq([gt], [gt * 3], ["A"]) == (1.0, {"A": 1.0})
+    assert M.pannuke_mpq([(gt, cls)], [(gt * 3, cls)], ["A"]) == (1.0, {"A": 1.0})
+    # right nuclei, wrong classes: binary PQ 1; classes 1..3 score 0, 4 and 5 absent from GT
+    assert M.pannuke_bpq([(gt, cls)], [(gt, wrong)], ["A"])[0] == 1.0
+    assert M.pannuke_mpq([(gt, cls)], [(gt, wrong)], ["A"])[0] == 0.0
+    # one nucleus of class 1 missed: class 1 PQ = (1 / 1.5) * 1, classes 2, 3 = 1 -> mean
+    missed = np.where(gt == 1, 0, gt)
+    mpq = M.pannuke_mpq([(gt, cls)], [(missed, cls * (missed > 0))], ["A"])[0]
+    assert mpq == pytest.approx((2 / 3 + 1 + 1) / 3)
+    # tissue means: per tissue first, then over tissues (not over images)
+    empty = np.zeros_like(gt)
+    bpq, per_t = M.pannuke_bpq([gt, gt, missed, empty], [gt, empty, missed, gt],
+                               ["A", "A", "B", "C"])
+    assert per_t["A"] == 0.5 and per_t["B"] == 1.0 and np.isnan(per_t["C"])  # C: no GT
+    assert bpq == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_pannuke_label_class_map_pairs_equal_stacks():

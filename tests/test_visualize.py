@@ -83,6 +83,18 @@ def test_display_instances_draws_every_instance(monkeypatch):
         V.display_instances(image, boxes[:1], masks, [1, 1], ["BG", "nucleus"])
 
 
+def test_display_instances_has_matterports_signature():
+    import inspect
+
+    params = inspect.signature(V.display_instances).parameters
+    assert list(params) == ["image", "boxes", "masks", "class_ids", "class_names", "scores",
+                            "title", "figsize", "ax", "show_mask", "show_bbox", "colors",
+                            "captions"]
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"scores": None, "title": "", "figsize": (16, 16), "ax": None,
+                        "show_mask": True, "show_bbox": True, "colors": None, "captions": None}
+
+
 def test_plot_training_curves_from_event_files(tmp_path):
     tf = pytest.importorskip("tensorflow")
     for run, values in (("train", [1.0, 0.6, 0.4]), ("validation", [1.2, 0.9, 0.8])):

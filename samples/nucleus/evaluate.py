@@ -15,7 +15,8 @@ training ``crop``) are then forced.
 
 Outputs in ``--out``: ``per_image.csv`` (one row per image, every metric of
 ``mrcnn_nuclei.metrics.evaluate_all``), ``summary.json`` (means, COCO mask AP over the subset,
-settings), ``predictions_coco.json`` (COCO results, image ids listed in summary.json),
+PanNuke bPQ/mPQ with ``image_info["tissue"]`` as the tissue, ``"all"`` when absent, settings),
+``predictions_coco.json`` (COCO results, image ids listed in summary.json),
 ``labels/<id>.tif`` (predicted label images) and with ``--overlays`` ``overlays/<id>.png``
 (green = true positive, red = false positive, yellow = missed nucleus).
 
@@ -122,7 +123,9 @@ def evaluate_dataset(model_or_detect_fn, dataset, image_ids, out_dir, overlays=F
         verbose: 0 silent, 1 table, 2 also one line per image.
     Returns:
         dict with ``means`` (metric -> mean over images; nan images skipped), ``coco`` (AP, AP50,
-        AP75), ``totals`` (summed counts), ``n_images`` and ``image_ids``.
+        AP75), ``pannuke`` (``bpq``, ``mpq`` over ``dataset.num_classes - 1`` classes, per
+        tissue; images without ground-truth nuclei skipped), ``totals`` (summed counts),
+        ``n_images`` and ``image_ids``.
     """
     from mrcnn_nuclei.visualize import save_tp_fp_fn_overlay
 
@@ -132,12 +135,14 @@ def evaluate_dataset(model_or_detect_fn, dataset, image_ids, out_dir, overlays=F
         raise ValueError("image_ids is empty: nothing to evaluate (check --subset / --limit)")
     os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
     rows, gts, preds, pred_scores, coco_results, names = [], [], [], [], [], {}
+    gt_classes, pred_classes, tissues = [], [], []
+    n_classes = max(1, int(getattr(dataset, "num_classes", 2)) - 1)
     t_start = time.perf_counter()
     for k, image_id in enumerate(image_ids):
         info = dataset.image_info[image_id]
         name = _safe_name(info.get("id", image_id))
         image = dataset.load_image(image_id)
-        gt_masks, _ = dataset.load_mask(image_id)
+        gt_masks, gt_class_ids = dataset.load_mask(image_id)
         gt = postprocess.masks_to_label(gt_masks)
         t0 = time.perf_counter()
         r = detect(image)
@@ -152,6 +157,11 @@ def evaluate_dataset(model_or_detect_fn, dataset, image_ids, out_dir, overlays=F
         gts.append(gt.astype(export.label_dtype(gt)))
         preds.append(pred.astype(dtype))
         pred_scores.append(scores)
+        # class maps for PanNuke-style mPQ (label id k + 1 <-> class_ids[k])
+        gt_classes.append(np.concatenate([[0], np.asarray(gt_class_ids).ravel()]).astype(
+            np.int32)[gt])
+        pred_classes.append(np.concatenate([[0], class_ids]).astype(np.int32)[pred])
+        tissues.append(str(info.get("tissue") or "all"))
         coco_id = k + 1
         names[coco_id] = name
         coco_results.extend(export.coco_results(coco_id, masks, scores, class_ids))
@@ -164,6 +174,12 @@ def evaluate_dataset(model_or_detect_fn, dataset, image_ids, out_dir, overlays=F
                   f"({t_detect:.2f}s detect)", flush=True)
 
     coco = metrics.coco_mask_ap(gts, preds, pred_scores, backend=coco_backend)
+    bpq, bpq_tissue = metrics.pannuke_bpq(gts, preds, tissues)
+    mpq, mpq_tissue = metrics.pannuke_mpq(list(zip(gts, gt_classes)),
+                                          list(zip(preds, pred_classes)), tissues, n_classes)
+    pannuke = {"bpq": bpq, "mpq": mpq, "n_classes": n_classes,
+               "per_tissue": {t: {"bpq": bpq_tissue[t], "mpq": mpq_tissue[t],
+                                  "images": tissues.count(t)} for t in bpq_tissue}}
     fields = ["image_id", "index"] + METRICS + COUNTS + ["detect_seconds"]
     lines = [",".join(fields)]
     for row in rows:
@@ -172,7 +188,8 @@ def evaluate_dataset(model_or_detect_fn, dataset, image_ids, out_dir, overlays=F
     means = {m: _nanmean([row[m] for row in rows]) for m in METRICS}
     totals = {c: int(sum(row[c] for row in rows)) for c in COUNTS}
     summary = {
-        "n_images": len(rows), "means": means, "coco": coco, "totals": totals,
+        "n_images": len(rows), "means": means, "coco": coco, "pannuke": pannuke,
+        "totals": totals,
         "dsb_score_dataset": means["dsb"],
         "post_processing": {"resolve_overlaps": "score", "min_size": int(min_size),
                             "fill_holes": bool(fill_holes)},
@@ -213,6 +230,10 @@ def format_table(summary):
         lines.append(f"{names[m]:<22}{summary['means'][m]:>10.4f}")
     for k in ("AP", "AP50", "AP75"):
         lines.append(f"{'COCO mask ' + k:<22}{summary['coco'][k]:>10.4f}")
+    pannuke = summary.get("pannuke")
+    if pannuke:
+        lines.append(f"{'PanNuke bPQ':<22}{pannuke['bpq']:>10.4f}")
+        lines.append(f"{'PanNuke mPQ':<22}{pannuke['mpq']:>10.4f}")
     t = summary["totals"]
     lines.append("-" * 32)
     lines.append(f"{summary['n_images']} images, {t['n_gt']} GT nuclei, {t['n_pred']} predicted, "
