@@ -75,6 +75,29 @@ def test_two_touching_nuclei_stay_two():
     assert not np.logical_and(out["masks"][..., 0], out["masks"][..., 1]).any()
 
 
+def test_touching_nuclei_stay_two_when_runs_disagree_at_the_shared_edge():
+    # each run's masks bleed 0..2 columns across the shared edge (x = 20), so the runs' masks of
+    # the two nuclei overlap there: the merge must still give two disjoint nuclei split at x = 20
+    runs = []
+    for bleed, score in ((0, 0.9), (1, 0.8), (2, 0.7)):
+        left, right = _square(10, 10, 10, 0.9), _square(10, 20, 10, 0.9)
+        left[10:20, 20:20 + bleed] = 0.8
+        right[10:20, 20 - bleed:20] = 0.8
+        runs.append(_run([left, right], [score, score - 0.05]))
+    out = merge_instances(runs, min_runs=2)
+    assert len(out["scores"]) == 2 and out["n_runs"].tolist() == [3, 3]
+    # the averaged left mask is 0.53 >= 0.5 on column 20 (a plain threshold would give that
+    # column to both nuclei); the right nucleus' larger average wins it
+    assert np.isclose(out["soft_masks"][15, 20].min(), 1.6 / 3, atol=1e-6)
+    masks = out["masks"]
+    assert not np.logical_and(masks[..., 0], masks[..., 1]).any()
+    k_left = int(np.argmax(masks[15, 12]))
+    left_m, right_m = masks[..., k_left], masks[..., 1 - k_left]
+    assert left_m[15, 12] and right_m[15, 27]
+    assert left_m.sum() == 100 and left_m[10:20, 10:20].all()
+    assert right_m.sum() == 100 and right_m[10:20, 20:30].all()
+
+
 def test_overlap_between_merged_instances_goes_to_larger_average():
     a = _square(10, 10, 10, 0.9)
     b = _square(10, 17, 10, 0.6)   # overlaps a on columns 17..19, IoU low

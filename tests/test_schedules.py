@@ -101,3 +101,24 @@ def test_describe():
     text = S.describe(S.build_schedule("matterport"), 0.001)
     assert text.splitlines() == ["epochs   1-20  layers=heads  lr=0.001",
                                  "epochs  21-40  layers=all  lr=0.001"]
+
+
+def test_train_cli_schedule_presets_with_configurable_epochs():
+    # every preset is reachable as samples/nucleus/train.py --schedule NAME --epochs E1,E2,..
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "samples" / "nucleus" / "train.py"
+    spec = importlib.util.spec_from_file_location("nucleus_train_for_schedule_test", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    common = ["train", "--dataset=synthetic", "--weights=none"]
+    args = cli.build_parser().parse_args(common)
+    assert args.schedule == "matterport"
+    assert S.build_schedule(args.schedule, epochs=args.epochs) == list(S.SCHEDULES["matterport"])
+    for name, epochs in [("matterport", "2,5"), ("three-stage", "1,2,3"),
+                         ("mrcnn-plus", "1,2,3,4"), ("scratch", "7")]:
+        args = cli.build_parser().parse_args(common + [f"--schedule={name}", f"--epochs={epochs}"])
+        sched = S.build_schedule(args.schedule, epochs=args.epochs)
+        assert [s.epochs_total for s in sched] == S.parse_epochs(epochs)
+        assert [s.lr_factor for s in sched] == [s.lr_factor for s in S.SCHEDULES[name]]

@@ -78,8 +78,11 @@ def invert_run(name, result):
             out[key] = np.ascontiguousarray(arr)
     if "rois" in out and out["rois"] is not None and (flip_x or flip_y):
         boxes = np.asarray(out["rois"]).copy()
-        shape = np.asarray(out["masks"] if "masks" in out else out["soft_masks"]).shape
-        h, w = shape[:2]
+        frames = [out[k] for k in ("masks", "soft_masks") if out.get(k) is not None]
+        if not frames:
+            raise ValueError(f"invert_run({name!r}): mirroring 'rois' needs 'masks' or "
+                             "'soft_masks' [H, W, N] for the image size")
+        h, w = np.asarray(frames[0]).shape[:2]
         if flip_y:
             boxes[:, [0, 2]] = h - boxes[:, [2, 0]]
         if flip_x:

@@ -18,7 +18,18 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _sibling_open_dataset():
+    """open_dataset of the train.py next to this file, loaded by path (a plain ``import train``
+    could pick up another module of that name, e.g. samples/nucleus/train.py in a test run)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "train.py"
+    spec = importlib.util.spec_from_file_location("mrcnn_nuclei_samples_unet_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.open_dataset
 
 
 def parse_args(argv=None):
@@ -44,13 +55,15 @@ def main(argv=None):
     from PIL import Image
 
     from mrcnn_nuclei.unet import build_unet, distance_target, masks_to_labels, predict_distance
-    from train import open_dataset
+    open_dataset = _sibling_open_dataset()
 
     if not os.path.exists(args.weights):
         raise SystemExit(f"--weights={args.weights}: no such file; train one with "
                          "samples/unet/train.py")
     filters = args.base_filters
-    meta = args.weights[: -len(".weights.h5")] + ".json"
+    stem = args.weights[: -len(".weights.h5")] if args.weights.endswith(".weights.h5") else \
+        os.path.splitext(args.weights)[0]
+    meta = stem + ".json"
     if filters is None and os.path.exists(meta):
         filters = json.load(open(meta))["base_filters"]
     model = build_unet(base_filters=filters or 32, compile=False)
