@@ -175,6 +175,24 @@ def _layer_weights(layer):
 
 
 # ---------------------------------------------------------------------------------------- file kinds
+def _missing_file_message(path):
+    """Message for a weights ``path`` that does not exist: the path and where to obtain a file."""
+    name = os.path.basename(path)
+    for kind, info in WEIGHT_FILES.items():
+        if name == info["filename"]:
+            checksum = (f"sha256 {info['sha256']}" if "sha256" in info else f"md5 {info['md5']}")
+            return (f"weights file not found: {path}. {name} ({kind} weights) is published as "
+                    f"{info['published']}: {info['url']} ({checksum}); download it to that path "
+                    f"or to {_REPO_WEIGHTS_DIR / name} (found by --weights={kind}). Nothing is "
+                    "downloaded automatically; see weights/README.md.")
+    coco = WEIGHT_FILES["coco"]
+    return (f"weights file not found: {path}. Pass an existing file: a checkpoint written by "
+            "MaskRCNN.train() (model_dir/<name><YYYYmmddTHHMM>/mask_rcnn_<name>_<epoch>"
+            ".weights.h5; MaskRCNN.find_last() returns the newest) or by save_weights(), or "
+            f"Matterport's {coco['filename']} from {coco['url']} (put it in {_REPO_WEIGHTS_DIR}; "
+            "see weights/README.md).")
+
+
 def file_kind(path):
     """'legacy' (Keras 1/2 HDF5 with ``layer_names``) or 'native' (Keras 3 ``.weights.h5``).
 
@@ -184,7 +202,7 @@ def file_kind(path):
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(_missing_file_message(path))
     if not h5py.is_hdf5(path):
         raise ValueError(f"{path} is not an HDF5 weights file (expected Matterport's .h5 or a "
                          "Keras 3 .weights.h5 written by save_weights)")

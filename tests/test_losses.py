@@ -77,3 +77,49 @@ def test_no_positives_no_nan():
     # saturated predictions stay finite
     assert np.isfinite(f(L.mrcnn_mask_loss(np.zeros((1, 1, 2, 2)), np.ones((1, 1), np.int32),
                                            np.ones((1, 1, 2, 2, 2)))))
+
+
+def test_training_total_is_the_loss_weights_sum():
+    """MaskRCNNTrainingModel.compute_loss: sum of LOSS_WEIGHTS[name] * loss, each loss tracked;
+    the mask loss only sees the leading ``mask_slots`` ROI slots (where positives are)."""
+    import types
+
+    import keras
+
+    from mrcnn_nuclei.model import MaskRCNNTrainingModel
+
+    rng = np.random.default_rng(0)
+    b, a, t, k, m = 1, 6, 4, 2, 4
+    meta = np.concatenate([np.zeros((b, 12)), np.ones((b, k))], 1).astype(np.float32)
+    x = {"input_image_meta": meta,
+         "input_rpn_match": np.array([[[1], [-1], [0], [1], [-1], [0]]], np.int32),
+         "input_rpn_bbox": rng.normal(size=(b, 3, 4)).astype(np.float32)}
+    y_pred = {"rpn_class_logits": rng.normal(size=(b, a, 2)).astype(np.float32),
+              "rpn_bbox": rng.normal(size=(b, a, 4)).astype(np.float32),
+              "target_class_ids": np.array([[1, 1, 0, 0]], np.int32),
+              "mrcnn_class_logits": rng.normal(size=(b, t, k)).astype(np.float32),
+              "target_bbox": rng.normal(size=(b, t, 4)).astype(np.float32),
+              "mrcnn_bbox": rng.normal(size=(b, t, k, 4)).astype(np.float32),
+              "target_mask": (rng.random((b, t, m, m)) > 0.5).astype(np.float32),
+              "mrcnn_mask": rng.uniform(0.1, 0.9, (b, 2, m, m, k)).astype(np.float32)}
+    weights = {"rpn_class_loss": 2.0, "rpn_bbox_loss": 0.5, "mrcnn_class_loss": 3.0,
+               "mrcnn_bbox_loss": 0.25, "mrcnn_mask_loss": 1.5}
+    fake = types.SimpleNamespace(loss_weights_=weights, mask_slots=2,
+                                 _trackers={n: keras.metrics.Mean(name=n) for n in L.LOSS_NAMES})
+    total = f(MaskRCNNTrainingModel.compute_loss(fake, x, None, y_pred))
+    parts = {
+        "rpn_class_loss": f(L.rpn_class_loss(x["input_rpn_match"], y_pred["rpn_class_logits"])),
+        "rpn_bbox_loss": f(L.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
+                                           y_pred["rpn_bbox"])),
+        "mrcnn_class_loss": f(L.mrcnn_class_loss(y_pred["target_class_ids"],
+                                                 y_pred["mrcnn_class_logits"], meta[:, 12:])),
+        "mrcnn_bbox_loss": f(L.mrcnn_bbox_loss(y_pred["target_bbox"], y_pred["target_class_ids"],
+                                               y_pred["mrcnn_bbox"])),
+        "mrcnn_mask_loss": f(L.mrcnn_mask_loss(y_pred["target_mask"][:, :2],
+                                               y_pred["target_class_ids"][:, :2],
+                                               y_pred["mrcnn_mask"])),
+    }
+    assert all(v > 0 for v in parts.values()), parts
+    assert total == pytest.approx(sum(weights[n] * parts[n] for n in parts), rel=1e-5)
+    for name, value in parts.items():
+        assert f(fake._trackers[name].result()) == pytest.approx(value, rel=1e-5), name

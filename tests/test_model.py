@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-import mrcnn_nuclei  # noqa: F401
+import mrcnn_nuclei  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+import keras
 from mrcnn_nuclei.config import Config
 from mrcnn_nuclei.model import LAYER_REGEX, MaskRCNN
 
@@ -80,6 +81,50 @@ def test_detect_awkward_inputs(infer_model):
             assert (np.diff(r["scores"]) <= 1e-6).all()
     assert sum(len(r["class_ids"]) for r in results) > 0  # confidence 0: something is found
     assert infer_model.detect([]) == []
+    assert infer_model.detect_molded([], []) == []
+
+
+def test_detect_converts_inputs_as_documented(infer_model):
+    """detect() molds through data.convert.to_uint8: grey is replicated to RGB, alpha dropped,
+    floats in 0..1 scaled by 255, 16-bit data stretched over 0..255 (not shifted by 8 bits)."""
+    rng = np.random.default_rng(2)
+
+    def molded(image):
+        images, metas, windows = infer_model.mold_inputs([image])
+        y1, x1, y2, x2 = windows[0]
+        raw = images[0] + np.asarray(infer_model.config.MEAN_PIXEL, np.float32)
+        return images[0], raw[y1:y2, x1:x2], metas[0]
+
+    grey = (rng.random((70, 90)) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(molded(grey)[0], molded(rgb)[0])
+    np.testing.assert_array_equal(molded(grey[:, :, None])[0], molded(rgb)[0])
+    rgba = (rng.random((64, 64, 4)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(molded(rgba)[0], molded(rgba[:, :, :3])[0])
+    flt = rng.random((50, 130, 3)).astype(np.float32)
+    np.testing.assert_array_equal(molded(flt)[0], molded(np.rint(flt * 255).astype(np.uint8))[0])
+    faint = (1000 + rng.random((64, 64, 3)) * 400).astype(np.uint16)  # >> 8 would give 3..5
+    _, inside, meta = molded(faint)
+    assert inside.min() <= 5 and inside.max() >= 250
+    assert tuple(meta[1:4]) == (64, 64, 3)
+    odd = (rng.random((97, 83, 3)) * 255).astype(np.uint8)
+    images, _, windows = infer_model.mold_inputs([odd])
+    assert images[0].shape == (128, 128, 3)
+    y1, x1, y2, x2 = windows[0]
+    # pad64: zero-padded to multiples of 64, pixels unchanged (no scaling above IMAGE_MIN_DIM)
+    assert (y2 - y1, x2 - x1) == (97, 83)
+    mean = np.asarray(infer_model.config.MEAN_PIXEL, np.float32)
+    np.testing.assert_array_equal(images[0][y1:y2, x1:x2], odd.astype(np.float32) - mean)
+
+
+def test_load_weights_missing_file_says_where_to_get_it(infer_model, tmp_path):
+    missing = tmp_path / "weights" / "mask_rcnn_coco.h5"
+    with pytest.raises(FileNotFoundError) as err:
+        infer_model.load_weights(missing, by_name=True,
+                                 exclude=["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox",
+                                          "mrcnn_mask"])
+    msg = str(err.value)
+    assert str(missing) in msg and "releases/download/v2.0/mask_rcnn_coco.h5" in msg
 
 
 def test_detect_soft_and_molded_agree(infer_model):
@@ -107,6 +152,61 @@ def test_bad_mode_and_find_last_missing(tmp_path):
     m.config, m.model_dir = TinyConfig(), str(tmp_path)
     with pytest.raises(FileNotFoundError, match="tiny"):
         m.find_last()
+
+
+def test_find_last_exact_name_and_newest_checkpoint(tmp_path):
+    m = MaskRCNN.__new__(MaskRCNN)
+    m.config, m.model_dir = TinyConfig(), str(tmp_path)
+    run = tmp_path / "tiny20260101T0000"
+    run.mkdir()
+    for epoch in (1, 2, 10):
+        (run / f"mask_rcnn_tiny_{epoch:04d}.weights.h5").write_bytes(b"x")
+    (run / ".tmp_ab12.weights.h5").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    other = tmp_path / "tinyx20270101T0000"       # another NAME that starts with "tiny"
+    other.mkdir()
+    (other / "mask_rcnn_tinyx_0005.weights.h5").write_bytes(b"x")
+    stopped = tmp_path / "tiny20260102T0000"      # newer run stopped before its first epoch
+    stopped.mkdir()
+    (stopped / "config.json").write_text("{}")
+    assert m.find_last() == str(run / "mask_rcnn_tiny_0010.weights.h5")
+    m.set_log_dir(m.find_last())                 # resuming continues the numbering
+    assert m.epoch == 10 and m.log_dir == str(run)
+    assert m.checkpoint_path.format(epoch=11) == str(run / "mask_rcnn_tiny_0011.weights.h5")
+    for f in run.glob("mask_rcnn_*"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="holds a checkpoint"):
+        m.find_last()
+
+
+def test_atomic_checkpoint_never_leaves_a_partial_file(tmp_path):
+    from mrcnn_nuclei.model import AtomicCheckpoint
+
+    class FakeModel:
+        fail, payload = False, b"complete 1"
+
+        def save_weights(self, path, overwrite=True):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+                if self.fail:
+                    raise OSError("disk full")
+            with open(path, "wb") as f:
+                f.write(self.payload)
+
+    cb = AtomicCheckpoint(str(tmp_path / "run" / "mask_rcnn_tiny_{epoch:04d}.weights.h5"))
+    fake = FakeModel()
+    cb.set_model(fake)
+    cb.on_epoch_end(0)
+    path = tmp_path / "run" / "mask_rcnn_tiny_0001.weights.h5"
+    assert path.read_bytes() == b"complete 1"
+    fake.fail, fake.payload = True, b"complete 2"
+    with pytest.raises(OSError, match="disk full"):
+        cb.on_epoch_end(0)                        # rewriting the same epoch fails midway
+    assert path.read_bytes() == b"complete 1"     # the old file, whole
+    assert os.listdir(tmp_path / "run") == ["mask_rcnn_tiny_0001.weights.h5"]
+    fake.fail = False
+    cb.on_epoch_end(1)
+    assert (tmp_path / "run" / "mask_rcnn_tiny_0002.weights.h5").read_bytes() == b"complete 2"
 
 
 def _synthetic(count, seed):
@@ -137,6 +237,12 @@ def test_heads_training_freezes_backbone_and_checkpoints(tmp_path):
     heads = ["fpn_p2", "mrcnn_class_logits", "mrcnn_mask"]
     before_b = _weights(model, backbone)
     before_h = _weights(model, heads)
+    # every weighted layer outside the "heads" regex (the whole ResNet), not just a sample
+    all_backbone = [l.name for l in model.keras_model.layers if l.weights
+                    and not isinstance(l, keras.Model)
+                    and not re.fullmatch(LAYER_REGEX["heads"], l.name)]
+    assert len(all_backbone) >= 40 and set(backbone) <= set(all_backbone)
+    before_all = _weights(model, all_backbone)
     rpn_before = model.keras_model.get_layer("rpn_model").weights[0].numpy().copy()
     hist = model.train(train, val, learning_rate=0.01, epochs=1, layers="heads", verbose=0)
     assert set(hist.history) >= {"loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
@@ -145,6 +251,12 @@ def test_heads_training_freezes_backbone_and_checkpoints(tmp_path):
     after_b = _weights(model, backbone)
     for k, v in before_b.items():
         np.testing.assert_array_equal(after_b[k], v, err_msg=k)   # bit-identical
+    after_all = _weights(model, all_backbone)
+    for k, v in before_all.items():
+        np.testing.assert_array_equal(after_all[k], v, err_msg=k)
+    logged = [f for _, _, files in os.walk(model.log_dir) for f in files]
+    assert any(f.startswith("events.out.tfevents") for f in logged) or \
+        "training_log.csv" in logged                              # TensorBoard (or CSV) logs
     after_h = _weights(model, heads)
     assert any(np.abs(after_h[k] - v).max() > 0 for k, v in before_h.items())
     assert np.abs(model.keras_model.get_layer("rpn_model").weights[0].numpy().copy()
@@ -206,3 +318,59 @@ def test_inference_graph_stage_shapes(tmp_path, arch):
     assert km.get_layer("fpn_p2").output.shape[-1] == 256
     n4 = len([l for l in km.layers if l.name.startswith("res4") and l.name.endswith("branch2a")])
     assert n4 == (6 if arch == "resnet50" else 23)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_inference_stage_outputs_at_256_and_512(tmp_path, arch):
+    """Every stage of the inference graph run on 256x256 and 512x512 inputs: concrete shapes
+    and dtypes of C2..C5, P2..P6, anchors, RPN, proposals, ROIAlign, heads, detections, masks."""
+    from mrcnn_nuclei.data.image_ops import compose_image_meta
+
+    class C(TinyConfig):
+        BACKBONE = arch
+        IMAGES_PER_GPU = 1
+        TOP_DOWN_PYRAMID_SIZE = 256
+        FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+        POST_NMS_ROIS_INFERENCE = 1000
+        DETECTION_MAX_INSTANCES = 100
+
+    km = MaskRCNN("inference", C(), tmp_path).keras_model
+    g = km.get_layer
+    stages = {f"C{i}": g(f"fpn_c{i}p{i}").input for i in (2, 3, 4, 5)}
+    stages.update({f"P{i}": g(f"fpn_p{i}").output for i in (2, 3, 4, 5, 6)})
+    for name in ("anchors", "rpn_class", "rpn_bbox", "ROI",
+                 "roi_align_classifier", "mrcnn_class", "mrcnn_bbox", "mrcnn_detection",
+                 "roi_align_mask"):
+        stages[name] = g(name).output
+    stages["mrcnn_mask"] = km.outputs[3]
+    probe = keras.Model(km.inputs, stages)
+    rng = np.random.default_rng(0)
+    for size in (256, 512):
+        x = rng.normal(0, 40, (1, size, size, 3)).astype(np.float32)
+        meta = compose_image_meta(0, (size, size, 3), (size, size, 3), (0, 0, size, size), 1.0,
+                                  np.zeros(2))[None].astype(np.float32)
+        out = probe.predict_on_batch([x, meta])
+        assert set(out) == set(stages)
+        for name, value in out.items():
+            assert value.dtype == np.float32, (size, name)
+            if name[0] in "CP" or name.startswith("rpn") or name == "anchors":
+                assert np.isfinite(value).all(), (size, name)  # (later stages: random heads)
+        for i, ch in zip((2, 3, 4, 5), (256, 512, 1024, 2048)):
+            assert out[f"C{i}"].shape == (1, size >> i, size >> i, ch), (size, i)
+        for i in (2, 3, 4, 5, 6):
+            assert out[f"P{i}"].shape == (1, size >> i, size >> i, 256), (size, i)
+        a = 3 * sum((size >> i) ** 2 for i in (2, 3, 4, 5, 6))
+        assert out["anchors"].shape == (a, 4)
+        assert out["rpn_class"].shape == (1, a, 2)
+        assert out["rpn_bbox"].shape == (1, a, 4)
+        np.testing.assert_allclose(out["rpn_class"].sum(-1), 1.0, atol=1e-4)
+        assert out["ROI"].shape == (1, 1000, 4)
+        assert out["ROI"].min() >= 0.0 and out["ROI"].max() <= 1.0
+        assert out["roi_align_classifier"].shape == (1, 1000, 7, 7, 256)
+        assert out["mrcnn_class"].shape == (1, 1000, 2)
+        assert out["mrcnn_bbox"].shape == (1, 1000, 2, 4)
+        det = out["mrcnn_detection"]
+        assert det.shape == (1, 100, 6)
+        n = max(1, int((det[0, :, 4] > 0).sum()))  # the mask head runs on the real detections
+        assert out["roi_align_mask"].shape == (1, n, 14, 14, 256)
+        assert out["mrcnn_mask"].shape == (1, 100, 28, 28, 2)

@@ -166,6 +166,7 @@ def test_legacy_mismatch_without_exclude_names_layer_shapes_and_fix(coco_file, l
     msg = str(err.value)
     assert "mrcnn_class_logits" in msg and "(1024, 81)" in msg and "(1024, 2)" in msg
     assert "mrcnn_mask" in msg and "exclude=" in msg and str(path) in msg
+    assert f"exclude={NUCLEUS_EXCLUDE!r}" in msg  # says exactly which layers to exclude
     # validated before assigning: nothing was loaded
     np.testing.assert_array_equal(_weights_of(model, "conv1")["kernel"], before)
 
@@ -270,8 +271,17 @@ def test_unknown_weight_name_is_a_clear_error(tmp_path):
 def test_missing_and_foreign_files(tmp_path):
     model = build_standin(["conv1"])
     missing = tmp_path / "nope" / "mask_rcnn_coco.h5"
-    with pytest.raises(FileNotFoundError, match="nope/mask_rcnn_coco.h5"):
+    with pytest.raises(FileNotFoundError, match="nope/mask_rcnn_coco.h5") as err:
         W.load_weights(model, missing)
+    # ... and says where to obtain the file: its published address and where to put it
+    msg = str(err.value)
+    assert W.WEIGHT_FILES["coco"]["url"] in msg and W.WEIGHT_FILES["coco"]["sha256"] in msg
+    assert str(W._REPO_WEIGHTS_DIR / "mask_rcnn_coco.h5") in msg
+    with pytest.raises(FileNotFoundError) as err:
+        W.load_weights(model, tmp_path / "run" / "mask_rcnn_x_0007.weights.h5")
+    msg = str(err.value)
+    assert str(tmp_path / "run" / "mask_rcnn_x_0007.weights.h5") in msg
+    assert "find_last" in msg and W.WEIGHT_FILES["coco"]["url"] in msg
     text = tmp_path / "weights.h5"
     text.write_text("not hdf5")
     with pytest.raises(ValueError, match="weights.h5 is not an HDF5"):
@@ -404,8 +414,9 @@ def test_legacy_coco_into_real_two_class_maskrcnn(coco_file, legacy_dir, tmp_pat
     path, names, arrays = coco_file
     model = MaskRCNN("inference", _real_config(BACKBONE="resnet101"), tmp_path)
     before = _snapshot(model.keras_model)
-    with pytest.raises(ValueError, match=r"mrcnn_class_logits.*\(1024, 81\).*\(1024, 2\)"):
+    with pytest.raises(ValueError, match=r"mrcnn_class_logits.*\(1024, 81\).*\(1024, 2\)") as err:
         model.load_weights(path, by_name=True)
+    assert f"exclude={NUCLEUS_EXCLUDE!r}" in str(err.value)  # the class-count fix, by name
     report = model.load_weights(path, by_name=True, exclude=NUCLEUS_EXCLUDE)
     after = _snapshot(model.keras_model)
     assert len(after) == 235  # 233 weighted layers, rpn_model as its three convs
