@@ -15,6 +15,9 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
 * ``PREPROC_CONV``: add a 1x1 convolution named ``PREPROC`` that projects ``IMAGE_CHANNEL_COUNT``
   channels to 3 before ``conv1`` (Mask R-CNN+: RGB + hematoxylin + distance map).
 * ``LEARNING_RATE_WARMUP_STEPS``: linear warm-up of the learning rate over that many steps.
+* ``LEARNING_RATE_DECAY``: ``"none"`` (constant, Matterport) or ``"cosine"``: the rate falls along a
+  half cosine from ``LEARNING_RATE`` to ``LEARNING_RATE * LEARNING_RATE_DECAY_FLOOR`` over each
+  ``MaskRCNN.train`` call (or over a time budget, :func:`mrcnn_nuclei.recipes.train_budgeted`).
 * ``GT_OVERFLOW``: what the loader does with more than ``MAX_GT_INSTANCES`` nuclei in one image:
   ``"largest"`` keeps the largest ones (default), ``"random"`` keeps a random subset (Matterport).
 """
@@ -110,6 +113,8 @@ class Config:
     GN_GROUPS = 32
     PREPROC_CONV = False
     LEARNING_RATE_WARMUP_STEPS = 0
+    LEARNING_RATE_DECAY = "none"
+    LEARNING_RATE_DECAY_FLOOR = 0.01
     GT_OVERFLOW = "largest"
     SEED = None
 
@@ -197,6 +202,10 @@ class Config:
             fail("GT_OVERFLOW", "must be 'largest' or 'random'")
         if self.LEARNING_RATE <= 0:
             fail("LEARNING_RATE", "must be positive")
+        if self.LEARNING_RATE_DECAY not in ("none", "cosine"):
+            fail("LEARNING_RATE_DECAY", "must be 'none' (constant) or 'cosine'")
+        if not 0.0 <= self.LEARNING_RATE_DECAY_FLOOR <= 1.0:
+            fail("LEARNING_RATE_DECAY_FLOOR", "must be a fraction between 0 and 1")
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
             fail("GRADIENT_CLIP_NORM", "must be positive or None")
         return self

@@ -63,19 +63,56 @@ def log(text, array=None):
 # ------------------------------------------------------------------------------------ training
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ~0 to ``learning_rate`` over ``warmup_steps``, constant after."""
+    """Linear warm-up from ~0 to ``learning_rate`` over ``warmup_steps``, constant after, times
+    ``scale``: a non-trainable variable (1.0) that :class:`LearningRateDecay` lowers as a run
+    progresses."""
 
     def __init__(self, learning_rate, warmup_steps):
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
+        self.scale = keras.Variable(1.0, trainable=False, dtype="float32", name="lr_scale")
 
     def __call__(self, step):
         step = ops.cast(step, "float32") + 1.0
         frac = ops.minimum(step / float(max(self.warmup_steps, 1)), 1.0)
-        return self.learning_rate * frac
+        return self.learning_rate * frac * ops.convert_to_tensor(self.scale)
 
     def get_config(self):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+def cosine_factor(progress, floor):
+    """Half-cosine multiplier: 1 at ``progress`` 0, ``floor`` at 1 (progress clipped to [0, 1])."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+class LearningRateDecay(keras.callbacks.Callback):
+    """Sets ``schedule.scale`` (a :class:`WarmUp`) to :func:`cosine_factor` of the run's progress
+    before every batch.
+
+    progress: callable ``() -> fraction done``; default: batches seen / ``total_steps``.
+    ``MaskRCNN.train`` adds one (steps of that call) when ``LEARNING_RATE_DECAY == "cosine"``
+    unless ``custom_callbacks`` holds one already (e.g. a time-budget one); it also fills in
+    ``schedule`` when it is None.
+    """
+
+    def __init__(self, floor=0.01, total_steps=None, progress=None, schedule=None):
+        super().__init__()
+        if progress is None and not total_steps:
+            raise ValueError("LearningRateDecay needs total_steps or a progress callable")
+        self.floor = float(floor)
+        self.total_steps = total_steps
+        self.progress = progress
+        self.schedule = schedule
+        self.steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        done = self.progress() if self.progress is not None else self.steps / self.total_steps
+        self.schedule.scale.assign(cosine_factor(done, self.floor))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
 
 
 class MaskRCNNTrainingModel(keras.Model):
@@ -288,12 +325,15 @@ class MaskRCNN:
                                             f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
 
     def find_last(self):
-        """Path of the newest checkpoint in the newest run folder of this config's NAME.
-        Raises FileNotFoundError when there is none."""
+        """Path of the newest checkpoint in the newest run folder of this config's NAME that
+        holds one (Matterport's ``find_last``). Raises FileNotFoundError when there is none."""
         key = self.config.NAME.lower()
+        # the run folders of exactly this NAME (not of a NAME it is a prefix of, e.g. "nucleus"
+        # vs "nucleus_plus"): <name><YYYYmmddTHHMM>, as set_log_dir makes them
+        run_re = re.compile(re.escape(key) + r"\d{8}T\d{4}")
         try:
             dirs = sorted(d for d in os.listdir(self.model_dir)
-                          if d.startswith(key) and _DIR_RE.search(d)
+                          if run_re.fullmatch(d)
                           and os.path.isdir(os.path.join(self.model_dir, d)))
         except FileNotFoundError:
             dirs = []
@@ -301,13 +341,16 @@ class MaskRCNN:
             raise FileNotFoundError(
                 f"no run folder '{key}<YYYYmmddTHHMM>' in model_dir {self.model_dir!r}: nothing "
                 "to resume; train first or pass a weights path")
-        newest = os.path.join(self.model_dir, dirs[-1])
-        ckpts = sorted(f for f in os.listdir(newest) if _CKPT_RE.search(f)
-                       and f.startswith("mask_rcnn"))
-        if not ckpts:
-            raise FileNotFoundError(f"the newest run folder {newest!r} holds no checkpoint "
-                                    "(mask_rcnn_<name>_<epoch>.weights.h5)")
-        return os.path.join(newest, ckpts[-1])
+        # newest run folder first; a run stopped before its first checkpoint is passed over
+        for d in reversed(dirs):
+            folder = os.path.join(self.model_dir, d)
+            ckpts = sorted(f for f in os.listdir(folder) if _CKPT_RE.search(f)
+                           and f.startswith("mask_rcnn"))
+            if ckpts:
+                return os.path.join(folder, ckpts[-1])
+        raise FileNotFoundError(f"no run folder of '{key}' in model_dir {self.model_dir!r} holds "
+                                "a checkpoint (mask_rcnn_<name>_<epoch>.weights.h5); newest "
+                                f"folder: {os.path.join(self.model_dir, dirs[-1])!r}")
 
     # -------------------------------------------------------------------------------- weights
     def load_weights(self, filepath, by_name=False, exclude=None):
@@ -353,8 +396,9 @@ class MaskRCNN:
         """Compile the training model with SGD(momentum, weight decay, clipnorm) and warm-up."""
         c = self.config
         lr = learning_rate
-        if c.LEARNING_RATE_WARMUP_STEPS:
-            lr = WarmUp(learning_rate, c.LEARNING_RATE_WARMUP_STEPS)
+        self.lr_schedule = None
+        if c.LEARNING_RATE_WARMUP_STEPS or c.LEARNING_RATE_DECAY != "none":
+            lr = self.lr_schedule = WarmUp(learning_rate, c.LEARNING_RATE_WARMUP_STEPS)
         opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum,
                                    weight_decay=c.WEIGHT_DECAY or None,
                                    clipnorm=c.GRADIENT_CLIP_NORM)
@@ -404,6 +448,14 @@ class MaskRCNN:
                   f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(regex)
         self.compile(learning_rate, self.config.LEARNING_MOMENTUM)
+        if c.LEARNING_RATE_DECAY == "cosine":
+            decays = [cb for cb in callbacks if isinstance(cb, LearningRateDecay)]
+            if not decays:
+                decays = [LearningRateDecay(c.LEARNING_RATE_DECAY_FLOOR,
+                                            total_steps=(epochs - self.epoch) * c.STEPS_PER_EPOCH)]
+                callbacks = decays + callbacks  # first: later callbacks see this step's rate
+            for cb in decays:
+                cb.schedule = cb.schedule or self.lr_schedule
         history = self.keras_model.fit(
             train_gen, initial_epoch=self.epoch, epochs=epochs,
             steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
