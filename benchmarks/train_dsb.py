@@ -1,0 +1,132 @@
+"""Time-to-accuracy of from-scratch Mask R-CNN training on DSB2018 (CPU recipe).
+
+Trains :class:`mrcnn_nuclei.recipes.DSBScratchConfig` (or the config with ``--set`` overrides)
+from random init on the 596 training ids of the DSB2018 stage-1 folder (all ids not in
+val_ids.txt) for ``--minutes`` of training wall clock, evaluates on the 68 val ids every
+``--eval-every`` training minutes and at the end (evaluation time is reported separately and not
+counted in the budget), prints the curve (DSB score, COCO mask AP/AP50, AJI, PQ against minutes)
+and saves the final weights with their Config JSON.
+
+    python benchmarks/train_dsb.py --minutes 60 --eval-every 20 --out /tmp/dsb60
+    python benchmarks/train_dsb.py --minutes 8 --eval-every 0 --set BACKBONE=resnet50 \\
+        --val-limit 20                                           # an ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
+
+DEFAULT_DSB = str(_REPO.parent / "shared" / "data" / "dsb2018_stage1_train")
+
+
+def parse_overrides(items):
+    """``["NAME=value", ...]`` -> dict; values are Python literals (strings may be bare)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected NAME=VALUE, e.g. BACKBONE=resnet50")
+        key, text = item.split("=", 1)
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out[key.strip().upper()] = value
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
+    p.add_argument("--eval-every", type=float, default=15.0, metavar="MIN",
+                   help="evaluate every MIN training minutes (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default=DEFAULT_DSB, help="DSB2018 folder with val_ids.txt")
+    p.add_argument("--out", default="/tmp/train_dsb", help="folder for weights, logs, curve")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="Config overrides, e.g. BACKBONE=resnet50 IMAGE_MIN_SCALE=1")
+    p.add_argument("--val-limit", type=int, default=None,
+                   help="evaluate on the first N val ids only (ablations)")
+    p.add_argument("--curve-limit", type=int, default=None, metavar="N",
+                   help="score the curve points on the first N val ids and all val ids "
+                        "(or --val-limit) once more at the end (saves evaluation time)")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training ids only")
+    p.add_argument("--workers", type=int, default=2, help="loader threads")
+    p.add_argument("--augment", choices=["light", "nucleus", "none"], default="light")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="also stop after N training steps (step-matched ablations on a busy "
+                        "machine; a cosine decay then runs over the N steps)")
+    p.add_argument("--eval-untrained", action="store_true",
+                   help="also score the untrained model (minute 0)")
+    args = p.parse_args(argv)
+
+    from mrcnn_nuclei import weights
+    from mrcnn_nuclei.datasets import DSBDataset
+    from mrcnn_nuclei.recipes import DSBScratchConfig, config_with, format_curve, train_budgeted
+
+    if not os.path.isdir(args.dataset):
+        raise SystemExit(f"--dataset {args.dataset}: not a folder; pass the DSB2018 stage-1 "
+                         "folder holding stage1_train/ and val_ids.txt")
+    overrides = parse_overrides(args.set)
+    overrides["SEED"] = args.seed
+    config = config_with(DSBScratchConfig, **overrides)
+
+    train_ds = DSBDataset().load(args.dataset, subset="train")
+    if args.train_limit:
+        ids = [info["id"] for info in train_ds.image_info[: args.train_limit]]
+        train_ds = DSBDataset().load(args.dataset, ids=ids)
+    train_ds.prepare()
+    val_ds = DSBDataset().load(args.dataset, subset="val")
+    val_ds.prepare()
+    val_ids = list(val_ds.image_ids)[: args.val_limit] if args.val_limit else None
+    final_ids = None
+    if args.curve_limit:
+        final_ids = val_ids if val_ids is not None else list(val_ds.image_ids)
+        val_ids = final_ids[: args.curve_limit]
+
+    augmentation = None
+    if args.augment != "none":
+        from mrcnn_nuclei.data.augment import default_augmentation
+
+        augmentation = default_augmentation(args.augment)
+    eval_at = []
+    if args.eval_every > 0:
+        k = 1
+        while k * args.eval_every < args.minutes - 1e-9:
+            eval_at.append(k * args.eval_every)
+            k += 1
+    print(f"train ids: {len(train_ds.image_ids)}  val ids: "
+          f"{len(val_ids) if val_ids else len(val_ds.image_ids)}  budget: {args.minutes} min  "
+          f"evaluations at {eval_at + [args.minutes]} min\noverrides: {overrides}", flush=True)
+    t0 = time.time()
+    model, curve = train_budgeted(config, train_ds, val_ds, args.minutes, args.out,
+                                  eval_at=eval_at, val_ids=val_ids, augmentation=augmentation,
+                                  workers=args.workers, eval_untrained=args.eval_untrained,
+                                  final_val_ids=final_ids, max_steps=args.max_steps)
+    wall = time.time() - t0
+    path = weights.save_weights(model.keras_model, os.path.join(args.out, "dsb_scratch_final"),
+                                config=config)
+    eval_s = sum(row.get("eval_seconds", 0.0) + row.get("final", {}).get("eval_seconds", 0.0)
+                 for row in curve)
+    n_curve = len(val_ids) if val_ids is not None else len(val_ds.image_ids)
+    print(f"\ncurve on {n_curve} val ids:\n" + format_curve(curve))
+    if final_ids is not None:
+        row = dict(curve[-1], **curve[-1]["final"])
+        print(f"\nfinal on {len(final_ids)} val ids:\n" + format_curve([row]))
+    print(f"\nwall clock {wall / 60:.1f} min (evaluation {eval_s / 60:.1f} min); weights: {path}")
+    with open(os.path.join(args.out, "curve.json"), "w") as f:
+        json.dump({"args": vars(args), "overrides": {k: repr(v) for k, v in overrides.items()},
+                   "curve": curve, "wall_seconds": wall}, f, indent=2)
+    return curve
+
+
+if __name__ == "__main__":
+    main()

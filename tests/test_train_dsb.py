@@ -1,0 +1,95 @@
+"""Short from-scratch run of the DSB recipe code (mrcnn_nuclei.recipes / benchmarks/train_dsb.py).
+
+A few dozen real DSB2018 256x256 grey images, 128 px crops, ResNet-18 + GroupNorm, a fixed number
+of steps: the loss must fall and the DSB score on held-out val images must rise above that of the
+untrained model.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrcnn_nuclei.config import Config
+from mrcnn_nuclei.datasets import DSBDataset
+from mrcnn_nuclei.recipes import (BudgetCallback, DSBScratchConfig, config_with, format_curve,
+                                  inference_twin, train_budgeted)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ids(root, group, subset, n):
+    val = set((Path(root) / "val_ids.txt").read_text().split())
+    rows = [line.split("\t") for line in (Path(root) / "image_groups.tsv").read_text().splitlines()[1:]]
+    ids = sorted(r[0] for r in rows if r[1] == group and (r[0] in val) == (subset == "val")
+                 and 5 <= int(r[2]) <= 60)
+    return ids[:n]
+
+
+def test_recipe_is_a_valid_config_with_matterport_defaults_untouched():
+    c = DSBScratchConfig()
+    assert (c.BACKBONE, c.NORM, c.IMAGE_RESIZE_MODE, c.IMAGE_MIN_SCALE) == ("resnet18", "gn",
+                                                                             "crop", 2.0)
+    assert list(c.IMAGE_SHAPE) == [256, 256, 3]
+    assert Config.NORM == "bn" and Config.BACKBONE == "resnet101"
+    inf = inference_twin(config_with(DSBScratchConfig, TOP_DOWN_PYRAMID_SIZE=64))
+    assert inf.IMAGE_RESIZE_MODE == "pad64" and inf.BATCH_SIZE == 1
+    assert inf.TOP_DOWN_PYRAMID_SIZE == 64 and inf.IMAGE_MIN_SCALE == 2.0
+    with pytest.raises(ValueError, match="NOT_AN_OPTION"):
+        config_with(DSBScratchConfig, NOT_AN_OPTION=1)
+
+
+def test_budget_callback_excludes_evaluation_time_and_stops():
+    import time
+
+    class FakeModel:
+        stop_training = False
+
+    calls = []
+
+    def evaluate():
+        time.sleep(0.3)  # evaluation must not eat the training budget
+        calls.append(1)
+        return {"dsb": 0.5}
+
+    cb = BudgetCallback(minutes=0.01, eval_at=[0.002], evaluate=evaluate, verbose=0)
+    cb.set_model(FakeModel())
+    cb.on_train_begin()
+    steps = 0
+    while not cb.model.stop_training and steps < 10000:
+        cb.on_train_batch_begin(steps)
+        time.sleep(0.01)
+        cb.on_train_batch_end(steps, {"loss": 1.0})
+        steps += 1
+    assert cb.model.stop_training and len(calls) == 2
+    assert 0.6 - 0.05 <= cb.trained <= 0.6 + 0.2  # 0.01 min = 0.6 s of "training" only
+    assert [row["dsb"] for row in cb.curve] == [0.5, 0.5]
+    assert cb.curve[0]["minutes"] >= 0.002 and cb.curve[1]["steps"] == steps
+    assert "dsb" in format_curve(cb.curve).splitlines()[0]
+
+
+@pytest.mark.slow
+def test_short_scratch_run_learns_real_nuclei(dsb_root, tmp_path):
+    train_ds = DSBDataset().load(dsb_root, ids=_ids(dsb_root, "256x256_gray", "train", 40))
+    train_ds.prepare()
+    val_ds = DSBDataset().load(dsb_root, ids=_ids(dsb_root, "256x256_gray", "val", 4))
+    val_ds.prepare()
+    config = config_with(
+        DSBScratchConfig, NAME="dsb_test", IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128,
+        IMAGE_MIN_SCALE=1.0, TOP_DOWN_PYRAMID_SIZE=64, GN_GROUPS=8,
+        FPN_CLASSIF_FC_LAYERS_SIZE=128, STEPS_PER_EPOCH=20, POST_NMS_ROIS_TRAINING=256,
+        TRAIN_ROIS_PER_IMAGE=64, RPN_TRAIN_ANCHORS_PER_IMAGE=64, LEARNING_RATE_WARMUP_STEPS=20,
+        DETECTION_MIN_CONFIDENCE=0.3, SEED=0)
+    model, curve = train_budgeted(config, train_ds, val_ds, minutes=6, model_dir=str(tmp_path),
+                                  eval_at=[], eval_untrained=True, max_steps=150, workers=1,
+                                  verbose=0)
+    print("\n" + format_curve(curve))
+    untrained, trained = curve[0], curve[-1]
+    assert trained["steps"] == 150
+    hist = model.epoch_losses  # mean loss of each 20-step epoch
+    assert len(hist) >= 2 and all(math.isfinite(v) for v in hist)
+    assert hist[-1] < 0.7 * hist[0], hist
+    assert trained["dsb"] > untrained["dsb"] + 0.02, curve
+    assert trained["n_pred"] > 0
