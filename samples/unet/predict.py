@@ -61,9 +61,9 @@ def main(argv=None):
         raise SystemExit(f"--weights={args.weights}: no such file; train one with "
                          "samples/unet/train.py")
     filters = args.base_filters
-    stem = args.weights[: -len(".weights.h5")] if args.weights.endswith(".weights.h5") else \
-        os.path.splitext(args.weights)[0]
-    meta = stem + ".json"
+    from mrcnn_nuclei.weights import config_path_beside
+
+    meta = config_path_beside(args.weights)  # written there by samples/unet/train.py
     if filters is None and os.path.exists(meta):
         filters = json.load(open(meta))["base_filters"]
     model = build_unet(base_filters=filters or 32, compile=False)

@@ -89,7 +89,9 @@ def main(argv=None):
                steps_per_epoch=args.steps_per_epoch, seed=args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     model.save_weights(args.out)
-    with open(args.out[: -len(".weights.h5")] + ".json", "w") as f:
+    from mrcnn_nuclei.weights import config_path_beside
+
+    with open(config_path_beside(args.out), "w") as f:
         f.write(f'{{"base_filters": {args.base_filters}, "input_channels": 3}}\n')
     print(f"saved {args.out}")
     return 0
