@@ -141,10 +141,14 @@ class BudgetCallback(keras.callbacks.Callback):
     evaluate: callable ``() -> dict`` run at each point. ``curve`` collects one dict per point
     (``minutes``, ``steps``, ``loss`` = mean loss over the steps since the previous point, and the
     evaluation dict plus ``eval_seconds``); ``epoch_losses`` the mean loss of each epoch.
+    clock: callable ``() -> seconds`` read for every time measurement (default
+    ``time.perf_counter``; tests pass a fake clock).
     """
 
-    def __init__(self, minutes, eval_at=(), evaluate=None, max_steps=None, verbose=1):
+    def __init__(self, minutes, eval_at=(), evaluate=None, max_steps=None, verbose=1,
+                 clock=time.perf_counter):
         super().__init__()
+        self.clock = clock
         self.max_steps = None if max_steps is None else int(max_steps)
         self.budget = float(minutes) * 60.0
         self.eval_at = sorted(float(m) * 60.0 for m in eval_at if 0 < float(m) * 60 <= self.budget)
@@ -169,14 +173,14 @@ class BudgetCallback(keras.callbacks.Callback):
         return min(done, 1.0)
 
     def on_train_begin(self, logs=None):
-        self._t = time.perf_counter()
+        self._t = self.clock()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._t is None:
-            self._t = time.perf_counter()
+            self._t = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
+        now = self.clock()
         self.trained += now - self._t
         self._t = now
         self.steps += 1
@@ -191,7 +195,7 @@ class BudgetCallback(keras.callbacks.Callback):
             self._point()
             if not self.eval_at:
                 self.model.stop_training = True
-        self._t = time.perf_counter()  # time spent evaluating is not training time
+        self._t = self.clock()  # time spent evaluating is not training time
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "loss" in logs:
@@ -202,9 +206,9 @@ class BudgetCallback(keras.callbacks.Callback):
                "loss": float(np.mean(self._losses)) if self._losses else float("nan")}
         self._losses = []
         if self.evaluate is not None:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             row.update(self.evaluate())
-            row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            row["eval_seconds"] = round(self.clock() - t0, 1)
             self.eval_seconds += row["eval_seconds"]
         self.curve.append(row)
         if self.verbose:

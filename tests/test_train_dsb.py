@@ -42,31 +42,40 @@ def test_recipe_is_a_valid_config_with_matterport_defaults_untouched():
 
 
 def test_budget_callback_excludes_evaluation_time_and_stops():
-    import time
+    class FakeClock:  # seconds, advanced by hand: exact and independent of machine load
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
 
     class FakeModel:
         stop_training = False
 
+    clock = FakeClock()
     calls = []
 
     def evaluate():
-        time.sleep(0.3)  # evaluation must not eat the training budget
+        clock.now += 100.0  # evaluation must not eat the training budget
         calls.append(1)
         return {"dsb": 0.5}
 
-    cb = BudgetCallback(minutes=0.01, eval_at=[0.002], evaluate=evaluate, verbose=0)
+    cb = BudgetCallback(minutes=1, eval_at=[0.25], evaluate=evaluate, verbose=0, clock=clock)
     cb.set_model(FakeModel())
     cb.on_train_begin()
     steps = 0
     while not cb.model.stop_training and steps < 10000:
         cb.on_train_batch_begin(steps)
-        time.sleep(0.01)
+        clock.now += 0.5  # one training step: 0.5 s (exact in binary floating point)
         cb.on_train_batch_end(steps, {"loss": 1.0})
         steps += 1
     assert cb.model.stop_training and len(calls) == 2
-    assert 0.6 - 0.05 <= cb.trained <= 0.6 + 0.2  # 0.01 min = 0.6 s of "training" only
+    assert steps == 120 and cb.steps == 120  # 1 min of training = 120 steps of 0.5 s
+    assert cb.trained == 60.0 and cb.fraction() == 1.0  # the 200 s of evaluation are excluded
+    assert cb.eval_seconds == 200.0
     assert [row["dsb"] for row in cb.curve] == [0.5, 0.5]
-    assert cb.curve[0]["minutes"] >= 0.002 and cb.curve[1]["steps"] == steps
+    assert [row["minutes"] for row in cb.curve] == [0.25, 1.0]
+    assert [row["steps"] for row in cb.curve] == [30, 120]
+    assert [row["eval_seconds"] for row in cb.curve] == [100.0, 100.0]
     assert "dsb" in format_curve(cb.curve).splitlines()[0]
 
 
