@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["compute_iou", "compute_overlaps", "compute_overlaps_masks", "box_refinement",
            "apply_box_deltas", "generate_anchors", "generate_pyramid_anchors", "get_anchors"]
@@ -72,10 +73,13 @@ def compute_overlaps(boxes1, boxes2):
 
 
 def compute_overlaps_masks(masks1, masks2):
-    """Pairwise IoU of two instance-mask stacks.
+    """Pairwise IoU of two instance-mask stacks (the package's one mask IoU).
 
-    masks1: [H, W, N1]; masks2: [H, W, N2] (bool, or float thresholded at 0.5).
-    Returns [N1, N2] float32 IoU (0 where both masks are empty).
+    masks1: [H, W, N1]; masks2: [H, W, N2].  A pixel is inside a mask when its value is > 0.5
+    (Matterport's rule: bool and 0/1 masks as they are, soft masks thresholded at 0.5).  Masks
+    may overlap.  Returns [N1, N2] float64 IoU (0 where both masks are empty).  Uses sparse
+    products of the foreground pixel sets, so memory follows the instances' pixels, not
+    H * W * N.
     """
     m1 = np.asarray(masks1)
     m2 = np.asarray(masks2)
@@ -84,14 +88,19 @@ def compute_overlaps_masks(masks1, masks2):
                          f"got {m1.shape} and {m2.shape}")
     n1, n2 = m1.shape[-1], m2.shape[-1]
     if n1 == 0 or n2 == 0:
-        return np.zeros((n1, n2), np.float32)
-    f1 = (m1.reshape(-1, n1) > 0.5).astype(np.float32)
-    f2 = (m2.reshape(-1, n2) > 0.5).astype(np.float32)
-    a1 = f1.sum(axis=0)
-    a2 = f2.sum(axis=0)
-    inter = f1.T @ f2
+        return np.zeros((n1, n2))
+
+    def columns(m):  # [H*W, N] sparse 0/1 matrix of the inside pixels
+        pix, k = np.nonzero(m.reshape(-1, m.shape[-1]) > 0.5)
+        return sparse.csc_matrix((np.ones(pix.size), (pix, k)),
+                                 shape=(m.shape[0] * m.shape[1], m.shape[-1]))
+
+    s1, s2 = columns(m1), columns(m2)
+    inter = np.asarray((s1.T @ s2).todense())
+    a1 = np.asarray(s1.sum(axis=0)).ravel()
+    a2 = np.asarray(s2.sum(axis=0)).ravel()
     union = a1[:, None] + a2[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0).astype(np.float32)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def box_refinement(box, gt_box):

@@ -14,34 +14,20 @@ import tempfile
 
 import numpy as np
 
-from .metrics import to_label
-from .postprocess import label_rle_counts
+from .metrics import instance_rles, to_label
 
 __all__ = ["coco_results", "detections_to_coco", "save_coco_json", "load_coco_json",
            "save_label_tiff", "load_label_tiff", "label_dtype"]
 
 
 def _rles(masks):
-    """Compressed COCO RLEs and ``[N, 4]`` xywh boxes of a stack or a label image."""
+    """Compressed COCO RLEs, ``[N, 4]`` xywh boxes and ids of a stack or a label image."""
     from pycocotools import mask as mask_utils
 
-    x = np.asarray(masks)
-    if x.ndim == 3:
-        if x.dtype != bool and not np.isin(x, (0, 1)).all():
-            raise TypeError(f"masks: an instance stack must be bool or 0/1, got dtype {x.dtype}")
-        if x.shape[-1] == 0:
-            return [], np.zeros((0, 4)), np.zeros(0, np.int64)
-        rles = mask_utils.encode(np.asfortranarray(x.astype(np.uint8)))
-        ids = np.arange(1, x.shape[-1] + 1)
-    else:
-        label = to_label(x, "masks")
-        counts, ids = label_rle_counts(label)
-        if not counts:
-            return [], np.zeros((0, 4)), ids
-        h, w = label.shape
-        rles = mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in counts], h, w)
-    boxes = mask_utils.toBbox(rles).reshape(-1, 4)
-    return rles, boxes, ids
+    rles, ids = instance_rles(masks, "masks")
+    if not len(rles):
+        return [], np.zeros((0, 4)), ids
+    return rles, mask_utils.toBbox(rles).reshape(-1, 4), ids
 
 
 def coco_results(image_id, masks, scores=None, category_ids=None):

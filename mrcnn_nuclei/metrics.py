@@ -2,7 +2,8 @@
 
 Inputs are label images ``[H, W]`` of integers (0 = background, every other value one nucleus;
 ids need not be consecutive) or instance stacks ``[H, W, N]`` bool, which :func:`to_label` turns
-into a label image (where stacked masks overlap, the later channel wins).  Ground truth and
+into a label image with :func:`masks_to_label` (where stacked masks overlap, the earlier
+channel wins: the package's one overlap rule).  Ground truth and
 prediction must have the same height and width.
 
 How everything is computed
@@ -41,7 +42,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
-    "to_label", "relabel_sequential", "Contingency", "contingency", "match_instances",
+from .boxes import compute_overlaps, compute_overlaps_masks
+
+    "to_label", "relabel_sequential", "check_stack", "masks_to_label", "label_to_masks",
+    "label_runs", "label_rle_counts", "instance_rles", "Contingency", "contingency", "match_instances",
     "dsb_score", "dsb_score_dataset", "DSB_THRESHOLDS",
     "aji", "aji_plus", "panoptic_quality", "dice", "matched_mean_iou", "f1_detection",
     "evaluate_all", "coco_mask_ap",
@@ -62,8 +66,8 @@ def to_label(x, name="label"):
 
     Args:
         x: ``[H, W]`` integer label image (0 = background), or ``[H, W, N]`` bool/0-1 instance
-            stack (where masks overlap the higher channel index wins; channel ``k`` gets id
-            ``k + 1``).
+            stack, converted by :func:`masks_to_label` (channel ``k`` gets id ``k + 1``; where
+            masks overlap the earlier channel wins).
         name: argument name used in error messages.
     Returns:
         ``[H, W]`` int64 label image (ids as given, not relabelled).
@@ -72,23 +76,7 @@ def to_label(x, name="label"):
     """
     x = np.asarray(x)
     if x.ndim == 3:
-        if x.dtype != bool:
-            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) \
-                    or not np.isin(x, (0, 1)).all():
-                raise TypeError(f"{name}: a 3-D input must be an [H, W, N] instance stack of bool "
-                                f"(or 0/1) masks, got dtype {x.dtype}; pass a label image [H, W] "
-                                "or masks.astype(bool)")
-            x = x.astype(bool)
-        h, w, n = x.shape
-        label = np.zeros((h, w), np.int64)
-        if n == 0:
-            return label
-        ys, xs, ks = np.nonzero(x)  # C order: for one pixel, channels ascending
-        flat = ys * w + xs
-        last = np.ones(flat.size, bool)
-        last[:-1] = flat[1:] != flat[:-1]
-        label.ravel()[flat[last]] = ks[last] + 1
-        return label
+        return masks_to_label(x, name=name).astype(np.int64)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a label image [H, W] or an instance stack [H, W, N], "
                          f"got shape {x.shape}")
@@ -105,6 +93,95 @@ def to_label(x, name="label"):
 
 
 def relabel_sequential(label):
+def check_stack(masks, name="masks"):
+    """``[H, W, N]`` bool view of an instance stack of bool or 0/1 masks (ints or floats).
+
+    Raises ValueError for another ndim and TypeError for other values (soft masks).
+    """
+    m = np.asarray(masks)
+    if m.ndim != 3:
+        raise ValueError(f"{name}: expected an instance stack [H, W, N], got shape {m.shape}")
+    if m.dtype != bool:
+        if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)) \
+                or not np.isin(m, (0, 1)).all():
+            raise TypeError(f"{name}: an instance stack [H, W, N] must be bool or 0/1 masks, got "
+                            f"dtype {m.dtype}; threshold soft masks first (masks >= 0.5), or pass "
+                            "a label image [H, W]")
+        m = m.astype(bool)
+    return m
+
+
+def _overlap_rank(masks, scores, mode):
+    """Rank ``[N]`` int: higher wins a contested pixel; ties go to the earlier channel."""
+    n = masks.shape[-1]
+    if mode == "score":
+        if scores is None:
+            key = np.zeros(n)  # all tied: the earlier channel wins (detect sorts by score)
+        else:
+            key = np.asarray(scores, np.float64).ravel()
+            if key.size != n:
+                raise ValueError(f"scores has {key.size} values but masks has {n} instances")
+    elif mode == "area":
+        key = masks.sum(axis=(0, 1)).astype(np.float64)
+    else:
+        raise ValueError(f"mode={mode!r}: use 'score' (higher score wins) or 'area' (larger wins)")
+    order = np.lexsort((-np.arange(n), key))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def masks_to_label(masks, scores=None, mode="score", name="masks"):
+    """Label image ``[H, W]`` int32 from a stack ``[H, W, N]``; channel ``k`` becomes id ``k + 1``.
+
+    The overlap rule of the whole package (every stack -> label conversion uses this function:
+    :func:`to_label` and so every metric given a stack, Kaggle submissions, the U-Net's
+    targets): a pixel covered by several masks goes to the mask of higher ``scores [N]``, or with
+    ``mode="area"`` to the larger mask; on ties and without scores the EARLIER channel wins (Mask
+    R-CNN detections come sorted by score, best first). Scoring a stack and scoring its label
+    image therefore agree. Ids of instances that lose all their pixels disappear (ids are not
+    renumbered, so they still index ``scores``).
+
+    Args:
+        masks: ``[H, W, N]`` bool or 0/1 stack. name: argument name for error messages.
+    """
+    m = check_stack(masks, name)
+    h, w, n = m.shape
+    label = np.zeros((h, w), np.int32)
+    if n == 0:
+        return label
+    rank = _overlap_rank(m, scores, mode)
+    order = np.argsort(rank, kind="stable")  # ascending: the last painted wins
+    ys, xs, ks = np.nonzero(m[..., order])  # C order: for one pixel, channels ascending
+    flat = ys * w + xs
+    last = np.ones(flat.size, bool)
+    last[:-1] = flat[1:] != flat[:-1]
+    label.ravel()[flat[last]] = order[ks[last]] + 1
+    return label
+
+
+def label_to_masks(label, return_ids=False, n_instances=None):
+    """Instance stack ``[H, W, N]`` bool from a label image, one channel per id in ascending order.
+
+    With ``return_ids=True`` also returns the ids ``[N]``. With ``n_instances`` the ids are not
+    renumbered: id ``k`` goes to channel ``k - 1`` of ``N = n_instances`` channels (the inverse of
+    :func:`masks_to_label`, keeping channels aligned with scores; empty channels stay).
+    """
+    lab = to_label(label, "label")
+    if n_instances is None:
+        lab, ids = relabel_sequential(lab)
+        n = ids.size
+    else:
+        n = int(n_instances)
+        if lab.size and lab.max() > n:
+            raise ValueError(f"label: id {lab.max()} does not fit n_instances={n}")
+        ids = np.arange(1, n + 1)
+    out = np.zeros(lab.shape + (n,), bool)
+    ys, xs = np.nonzero(lab)
+    out[ys, xs, lab[ys, xs] - 1] = True
+    return (out, ids) if return_ids else out
+
+
     """Relabel ``[H, W]`` ids to ``0..n`` keeping their order.
 
     Returns ``(label [H, W] int64, ids [n])``.
@@ -207,6 +284,80 @@ def match_instances(gt, pred, iou=0.5):
 
 
 # --------------------------------------------------------------------------- per-image metrics
+# --------------------------------------------------------------------------- run-length encoding
+def label_runs(label):
+    """Column-major runs of every instance. Returns ``ids [n]``, and per run ``owner`` (0..n-1),
+    ``start`` (0-based column-major pixel index) and ``length``, sorted by owner then start."""
+    label = to_label(label, "label")
+    f = label.ravel(order="F")
+    nz = np.flatnonzero(f)
+    lab = f[nz]
+    order = np.argsort(lab, kind="stable")
+    pos, lab = nz[order], lab[order]
+    if pos.size == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e, e
+    brk = np.ones(pos.size, bool)
+    brk[1:] = (lab[1:] != lab[:-1]) | (pos[1:] != pos[:-1] + 1)
+    first = np.flatnonzero(brk)
+    starts = pos[first]
+    lengths = np.diff(np.append(first, pos.size))
+    ids, owner = np.unique(lab[first], return_inverse=True)
+    return ids, owner.ravel(), starts, lengths
+
+
+def label_rle_counts(label):
+    """COCO uncompressed RLE counts (column-major, starting with a background run) per instance.
+
+    Args: ``label [H, W]`` int. Returns ``(counts, ids)``: a list of int lists, one per id in
+    ascending order, and the ids ``[n]``.
+    """
+    label = to_label(label, "label")
+    ids, owner, starts, lengths = label_runs(label)
+    if ids.size == 0:
+        return [], ids
+    ends = starts + lengths
+    new = np.ones(owner.size, bool)
+    new[1:] = owner[1:] != owner[:-1]
+    prev_end = np.concatenate([[0], ends[:-1]])
+    gaps = np.where(new, starts, starts - prev_end)
+    inter = np.empty(2 * owner.size, np.int64)
+    inter[0::2], inter[1::2] = gaps, lengths
+    cuts = 2 * np.flatnonzero(new)[1:]
+    last_ends = ends[np.append(np.flatnonzero(new)[1:] - 1, owner.size - 1)]
+    tails = label.size - last_ends
+    # a run reaching the last pixel has no trailing background count (as pycocotools writes it)
+    return [c.tolist() + ([int(t)] if t else []) for c, t in zip(np.split(inter, cuts), tails)], ids
+
+
+def instance_rles(x, name="masks"):
+    """pycocotools RLEs of the instances of a stack or a label image.
+
+    Args:
+        x: ``[H, W, N]`` bool/0-1 stack (instances in channel order; may overlap) or ``[H, W]``
+            label image (instances in ascending id order).
+        name: argument name for error messages.
+    Returns:
+        ``(rles, ids)``: a list of compressed RLE dicts (``size``, ``counts`` bytes) and the ids
+        ``[N]`` (``1..N`` for a stack).
+    """
+    from pycocotools import mask as mask_utils
+
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = check_stack(x, name)
+        ids = np.arange(1, x.shape[-1] + 1)
+        if x.shape[-1] == 0:
+            return [], ids
+        return mask_utils.encode(np.asfortranarray(x.astype(np.uint8))), ids
+    label = to_label(x, name)
+    counts, ids = label_rle_counts(label)
+    if not counts:
+        return [], ids
+    h, w = label.shape
+    return mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in counts], h, w), ids
+
+
 def _dsb(c):
     if c.empty:
         return 1.0
@@ -383,28 +534,6 @@ def evaluate_all(gt, pred):
 
 
 # --------------------------------------------------------------------------- COCO AP
-def _instance_rles(x, name):
-    """COCO RLEs of the instances of a label image or stack. Returns list of RLE dicts."""
-    from pycocotools import mask as mask_utils
-
-    from .postprocess import label_rle_counts
-
-    x = np.asarray(x)
-    if x.ndim == 3:
-        if x.dtype != bool and not np.isin(x, (0, 1)).all():
-            raise TypeError(f"{name}: an instance stack must be bool or 0/1, got dtype {x.dtype}; "
-                            "threshold soft masks first (masks >= 0.5)")
-        if x.shape[-1] == 0:
-            return []
-        return mask_utils.encode(np.asfortranarray(x.astype(np.uint8)))
-    label = to_label(x, name)
-    counts, _ = label_rle_counts(label)
-    if not counts:
-        return []
-    h, w = label.shape
-    return mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in counts], h, w)
-
-
 def _coco_objects(gts, preds, scores):
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
@@ -423,7 +552,7 @@ def _coco_objects(gts, preds, scores):
             raise ValueError(f"image {i}: gt has shape {g.shape[:2]} but pred has {p.shape[:2]}")
         h, w = g.shape[:2]
         images.append({"id": i + 1, "height": h, "width": w})
-        g_rles = _instance_rles(g, f"gts[{i}]")
+        g_rles, _ = instance_rles(g, f"gts[{i}]")
         # pycocotools' area() overflows on lists longer than 255 with NumPy 2: chunk it
         areas = np.concatenate([mask_utils.area(g_rles[k:k + 200])
                                 for k in range(0, len(g_rles), 200)]) if len(g_rles) else []
@@ -432,7 +561,7 @@ def _coco_objects(gts, preds, scores):
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1,
                          "segmentation": rle, "area": float(area), "bbox": [float(b) for b in box],
                          "iscrowd": 0})
-        p_rles = _instance_rles(p, f"preds[{i}]")
+        p_rles, _ = instance_rles(p, f"preds[{i}]")
         if scores is None:
             s = np.ones(len(p_rles))
         else:
@@ -513,17 +642,9 @@ def _dt_gt_iou(g, p, i):
         raise ValueError(f"image {i}: gt has shape {g.shape[:2]} but pred has {p.shape[:2]}")
     if g.ndim == 2 and p.ndim == 2:
         return Contingency(g, p).iou.T
-    gs = g if g.ndim == 3 else _label_stack(to_label(g, f"gts[{i}]"))
-    ps = p if p.ndim == 3 else _label_stack(to_label(p, f"preds[{i}]"))
+    gs = g if g.ndim == 3 else label_to_masks(to_label(g, f"gts[{i}]"))
+    ps = p if p.ndim == 3 else label_to_masks(to_label(p, f"preds[{i}]"))
     return compute_overlaps_masks(ps, gs)
-
-
-def _label_stack(label):
-    lab, ids = relabel_sequential(label)
-    out = np.zeros(lab.shape + (ids.size,), bool)
-    ys, xs = np.nonzero(lab)
-    out[ys, xs, lab[ys, xs] - 1] = True
-    return out
 
 
 def _greedy_coco(iou, thresholds):
@@ -598,35 +719,6 @@ def _coco_ap_numpy(gts, preds, scores, max_det):
 
 
 # --------------------------------------------------------------------------- Matterport API
-def compute_overlaps_masks(masks1, masks2):
-    """IoU between instance stacks ``[H, W, N1]`` and ``[H, W, N2]`` (may overlap): ``[N1, N2]``.
-
-    Uses sparse products of the foreground pixel sets, so large images stay cheap.
-    """
-    from scipy import sparse
-
-    m1, m2 = np.asarray(masks1), np.asarray(masks2)
-    if m1.shape[:2] != m2.shape[:2]:
-        raise ValueError(f"masks1 has shape {m1.shape} and masks2 {m2.shape}: the first two "
-                         "dimensions (H, W) must agree")
-    n1, n2 = m1.shape[-1], m2.shape[-1]
-    if n1 == 0 or n2 == 0:
-        return np.zeros((n1, n2))
-
-    def as_sparse(m):
-        m = m.reshape(-1, m.shape[-1]) > 0
-        r, k = np.nonzero(m)
-        return sparse.csr_matrix((np.ones(r.size, np.float64), (r, k)), shape=m.shape)
-
-    s1, s2 = as_sparse(m1), as_sparse(m2)
-    inter = np.asarray((s1.T @ s2).todense())
-    a1 = np.asarray(s1.sum(axis=0)).ravel()
-    a2 = np.asarray(s2.sum(axis=0)).ravel()
-    union = a1[:, None] + a2[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def _trim(boxes):
     boxes = np.asarray(boxes)
     keep = np.any(boxes != 0, axis=1) if boxes.size else np.zeros(0, bool)
@@ -707,28 +799,14 @@ def compute_ap_range(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred
     return ap
 
 
-def _box_iou(boxes1, boxes2):
-    b1 = np.asarray(boxes1, np.float64).reshape(-1, 4)
-    b2 = np.asarray(boxes2, np.float64).reshape(-1, 4)
-    y1 = np.maximum(b1[:, None, 0], b2[None, :, 0])
-    x1 = np.maximum(b1[:, None, 1], b2[None, :, 1])
-    y2 = np.minimum(b1[:, None, 2], b2[None, :, 2])
-    x2 = np.minimum(b1[:, None, 3], b2[None, :, 3])
-    inter = np.maximum(y2 - y1, 0) * np.maximum(x2 - x1, 0)
-    a1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
-    a2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
-    union = a1[:, None] + a2[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def compute_recall(pred_boxes, gt_boxes, iou):
     """Box recall (Matterport ``compute_recall``): share of gt boxes hit with IoU >= ``iou``.
 
     Args: ``pred_boxes [N, 4]``, ``gt_boxes [M, 4]`` as (y1, x1, y2, x2). Returns
     ``(recall, positive_ids)`` where ``positive_ids`` are the predictions with IoU >= ``iou``.
     """
-    overlaps = _box_iou(pred_boxes, gt_boxes)
+    overlaps = compute_overlaps(np.reshape(np.asarray(pred_boxes, np.float64), (-1, 4)),
+                                np.reshape(np.asarray(gt_boxes, np.float64), (-1, 4)))
     n_gt = overlaps.shape[1]
     if overlaps.size == 0:
         return 0.0, np.zeros(0, np.int64)

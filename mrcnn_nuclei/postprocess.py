@@ -1,6 +1,9 @@
-"""Post-processing of predicted instances, stack/label conversions and Kaggle run-length encoding.
+"""Post-processing of predicted instances and Kaggle run-length encoding.
 
 Conventions: instance stacks are ``[H, W, N]`` bool, label images ``[H, W]`` int (0 = background).
+The stack/label conversions (:func:`masks_to_label` with the package's one overlap rule,
+:func:`label_to_masks`) and :func:`label_rle_counts` live in :mod:`mrcnn_nuclei.metrics` and are
+re-exported here.
 Kaggle DSB2018 run-length encoding numbers pixels column-major (top to bottom, then left to
 right), starting at 1, and writes ``"start length start length ..."``.
 """
@@ -14,86 +17,13 @@ import tempfile
 import numpy as np
 from scipy import ndimage as ndi
 
-from .metrics import relabel_sequential, to_label
+from .data.image_ops import extract_bboxes
+from .metrics import (check_stack, label_rle_counts, label_runs, label_to_masks,
+                      masks_to_label, to_label)
 
 __all__ = ["resolve_overlaps", "remove_small", "fill_holes", "masks_to_label", "label_to_masks",
            "rle_encode", "rle_decode", "label_rle_counts", "submission_rows",
            "write_submission_csv"]
-
-
-def _stack(masks, name="masks"):
-    m = np.asarray(masks)
-    if m.ndim != 3:
-        raise ValueError(f"{name}: expected an instance stack [H, W, N], got shape {m.shape}")
-    if m.dtype != bool:
-        if not np.isin(m, (0, 1)).all():
-            raise TypeError(f"{name}: an instance stack must be bool or 0/1, got dtype {m.dtype}; "
-                            "threshold soft masks first (masks >= 0.5)")
-        m = m.astype(bool)
-    return m
-
-
-def _paint(masks, priority):
-    """Label ``[H, W]`` int64 with id ``k + 1`` where channel ``k`` has the highest priority."""
-    h, w, n = masks.shape
-    label = np.zeros((h, w), np.int64)
-    if n == 0:
-        return label
-    order = np.argsort(priority, kind="stable")  # ascending: the last painted wins
-    ys, xs, ks = np.nonzero(masks[..., order])
-    flat = ys * w + xs
-    last = np.ones(flat.size, bool)
-    last[:-1] = flat[1:] != flat[:-1]
-    label.ravel()[flat[last]] = order[ks[last]] + 1
-    return label
-
-
-def _unpaint(label, n):
-    out = np.zeros(label.shape + (n,), bool)
-    ys, xs = np.nonzero(label)
-    out[ys, xs, label[ys, xs] - 1] = True
-    return out
-
-
-def _priority(masks, scores, mode):
-    """Rank ``[N]`` int: higher wins a contested pixel; ties go to the earlier channel."""
-    n = masks.shape[-1]
-    if mode == "score":
-        if scores is None:
-            key = np.zeros(n)  # all tied: the first channel wins (detect sorts by score)
-        else:
-            key = np.asarray(scores, np.float64).ravel()
-            if key.size != n:
-                raise ValueError(f"scores has {key.size} values but masks has {n} instances")
-    elif mode == "area":
-        key = masks.sum(axis=(0, 1)).astype(np.float64)
-    else:
-        raise ValueError(f"mode={mode!r}: use 'score' (higher score wins) or 'area' (larger wins)")
-    order = np.lexsort((-np.arange(n), key))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    return rank
-
-
-def masks_to_label(masks, scores=None):
-    """Label image ``[H, W]`` int32 from a stack ``[H, W, N]``; channel ``k`` becomes id ``k + 1``.
-
-    Where masks overlap the pixel goes to the higher score (``scores [N]``), or without scores to
-    the earlier channel (Mask R-CNN detections come sorted by score). Ids of instances that lose
-    all their pixels disappear (ids are not renumbered, so they still index ``scores``).
-    """
-    m = _stack(masks)
-    return _paint(m, _priority(m, scores, "score")).astype(np.int32)
-
-
-def label_to_masks(label, return_ids=False):
-    """Instance stack ``[H, W, N]`` bool from a label image, one channel per id in ascending order.
-
-    With ``return_ids=True`` also returns the ids ``[N]``.
-    """
-    lab, ids = relabel_sequential(to_label(label, "label"))
-    out = _unpaint(lab, ids.size)
-    return (out, ids) if return_ids else out
 
 
 def resolve_overlaps(masks, scores=None, mode="score"):
@@ -106,8 +36,8 @@ def resolve_overlaps(masks, scores=None, mode="score"):
         mode: ``"score"`` or ``"area"`` (the larger instance wins; ties: earlier channel).
     The channel count is kept (a mask may end up empty), so scores/class ids stay aligned.
     """
-    m = _stack(masks)
-    return _unpaint(_paint(m, _priority(m, scores, mode)), m.shape[-1])
+    m = check_stack(masks)
+    return label_to_masks(masks_to_label(m, scores, mode), n_instances=m.shape[-1])
 
 
 def remove_small(masks, min_size, return_keep=False):
@@ -121,7 +51,7 @@ def remove_small(masks, min_size, return_keep=False):
             label images).
     """
     if np.ndim(masks) == 3:
-        m = _stack(masks)
+        m = check_stack(masks)
         keep = m.sum(axis=(0, 1)) >= min_size
         return (m[..., keep], keep) if return_keep else m[..., keep]
     label = to_label(masks, "masks")
@@ -130,19 +60,6 @@ def remove_small(masks, min_size, return_keep=False):
     keep[0] = True
     out = np.where(keep[label], label, 0).astype(np.asarray(masks).dtype)
     return (out, keep) if return_keep else out
-
-
-def _boxes(m):
-    """Pixel boxes ``[N, 4]`` (y1, x1, y2, x2 exclusive) of a stack; empty masks give zeros."""
-    rows = m.any(axis=1)  # [H, N]
-    cols = m.any(axis=0)  # [W, N]
-    h, w = rows.shape[0], cols.shape[0]
-    y1 = np.argmax(rows, axis=0)
-    y2 = h - np.argmax(rows[::-1], axis=0)
-    x1 = np.argmax(cols, axis=0)
-    x2 = w - np.argmax(cols[::-1], axis=0)
-    empty = ~rows.any(axis=0)
-    return np.where(empty[:, None], 0, np.stack([y1, x1, y2, x2], axis=1))
 
 
 def fill_holes(masks):
@@ -154,8 +71,8 @@ def fill_holes(masks):
             filled only on background pixels.
     """
     if np.ndim(masks) == 3:
-        m = _stack(masks).copy()
-        for k, (y1, x1, y2, x2) in enumerate(_boxes(m)):  # one crop per instance
+        m = check_stack(masks).copy()
+        for k, (y1, x1, y2, x2) in enumerate(extract_bboxes(m)):  # one crop per instance
             if y2 > y1:
                 m[y1:y2, x1:x2, k] = ndi.binary_fill_holes(m[y1:y2, x1:x2, k])
         return m
@@ -171,51 +88,6 @@ def fill_holes(masks):
 
 
 # --------------------------------------------------------------------------- run-length encoding
-def _label_runs(label):
-    """Column-major runs of every instance. Returns ``ids [n]``, and per run ``owner`` (0..n-1),
-    ``start`` (0-based column-major pixel index) and ``length``, sorted by owner then start."""
-    label = to_label(label, "label")
-    f = label.ravel(order="F")
-    nz = np.flatnonzero(f)
-    lab = f[nz]
-    order = np.argsort(lab, kind="stable")
-    pos, lab = nz[order], lab[order]
-    if pos.size == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, e, e
-    brk = np.ones(pos.size, bool)
-    brk[1:] = (lab[1:] != lab[:-1]) | (pos[1:] != pos[:-1] + 1)
-    first = np.flatnonzero(brk)
-    starts = pos[first]
-    lengths = np.diff(np.append(first, pos.size))
-    ids, owner = np.unique(lab[first], return_inverse=True)
-    return ids, owner.ravel(), starts, lengths
-
-
-def label_rle_counts(label):
-    """COCO uncompressed RLE counts (column-major, starting with a background run) per instance.
-
-    Args: ``label [H, W]`` int. Returns ``(counts, ids)``: a list of int lists, one per id in
-    ascending order, and the ids ``[n]``.
-    """
-    label = to_label(label, "label")
-    ids, owner, starts, lengths = _label_runs(label)
-    if ids.size == 0:
-        return [], ids
-    ends = starts + lengths
-    new = np.ones(owner.size, bool)
-    new[1:] = owner[1:] != owner[:-1]
-    prev_end = np.concatenate([[0], ends[:-1]])
-    gaps = np.where(new, starts, starts - prev_end)
-    inter = np.empty(2 * owner.size, np.int64)
-    inter[0::2], inter[1::2] = gaps, lengths
-    cuts = 2 * np.flatnonzero(new)[1:]
-    last_ends = ends[np.append(np.flatnonzero(new)[1:] - 1, owner.size - 1)]
-    tails = label.size - last_ends
-    # a run reaching the last pixel has no trailing background count (as pycocotools writes it)
-    return [c.tolist() + ([int(t)] if t else []) for c, t in zip(np.split(inter, cuts), tails)], ids
-
-
 def rle_encode(mask):
     """Kaggle run-length encoding of one ``[H, W]`` mask: ``"start length ..."``.
 
@@ -269,7 +141,7 @@ def submission_rows(image_id, masks):
     instances gives ``[(image_id, "")]``.
     """
     label = masks_to_label(masks) if np.ndim(masks) == 3 else to_label(masks, "masks")
-    ids, owner, starts, lengths = _label_runs(label)
+    ids, owner, starts, lengths = label_runs(label)
     if ids.size == 0:
         return [(str(image_id), "")]
     runs = np.empty(2 * owner.size, np.int64)

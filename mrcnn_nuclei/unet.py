@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from scipy import ndimage
 
+from .metrics import masks_to_label
+
 __all__ = ["build_unet", "step_decay", "lr_callback", "distance_target", "masks_to_labels",
            "DistanceSequence", "train_unet", "predict_distance"]
 
@@ -86,14 +88,10 @@ def lr_callback(initial=1e-3, drop_every=25, factor=0.1):
 
 # ---------------------------------------------------------------------------- targets
 def masks_to_labels(masks):
-    """Instance stack [H, W, N] bool -> label image [H, W] int32 (first instance wins overlaps)."""
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks: expected [H, W, N], got shape {masks.shape}")
-    if masks.shape[-1] == 0:
-        return np.zeros(masks.shape[:2], np.int32)
-    masks = masks.astype(bool, copy=False)
-    return np.where(masks.any(-1), masks.argmax(-1) + 1, 0).astype(np.int32)
+    """Instance stack [H, W, N] (nonzero = inside) -> label image [H, W] int32: the package's one
+    conversion, :func:`mrcnn_nuclei.metrics.masks_to_label` (where masks overlap the earlier
+    channel wins)."""
+    return masks_to_label(np.asarray(masks) != 0)
 
 
 def distance_target(label_image, normalise="per_instance_max"):

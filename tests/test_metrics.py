@@ -307,8 +307,75 @@ def test_stack_input_and_to_label():
     over[1:4, 1:4, 0] = True
     over[2:5, 2:5, 1] = True
     lab = M.to_label(over)
-    assert lab[2, 2] == 2 and lab[1, 1] == 1 and lab[4, 4] == 2  # later channel wins
+    # the package's one overlap rule (masks_to_label): the earlier channel wins
+    assert lab[2, 2] == 1 and lab[1, 1] == 1 and lab[4, 4] == 2
     assert M.to_label(np.zeros((4, 4, 0), bool)).sum() == 0
+
+
+def bf_first_wins(stack):
+    """Pixel loop: each pixel to the first channel covering it (id = channel + 1)."""
+    h, w, n = stack.shape
+    out = np.zeros((h, w), np.int64)
+    for y in range(h):
+        for x in range(w):
+            for k in range(n):
+                if stack[y, x, k]:
+                    out[y, x] = k + 1
+                    break
+    return out
+
+
+def overlapping_stack(rng, size=48, n=9):
+    """Random ellipse masks that overlap each other, as a stack [size, size, n] bool."""
+    yy, xx = np.mgrid[:size, :size]
+    stack = np.zeros((size, size, n), bool)
+    for k in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(4, 12, 2)
+        stack[..., k] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    return stack
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scoring_a_stack_equals_scoring_its_label_image(seed):
+    """Every stack -> label conversion (metrics, postprocess, U-Net targets) follows one rule,
+    so each metric scores an overlapping stack and its label image alike."""
+    from mrcnn_nuclei import postprocess, unet
+
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    gt = random_label(rng, 48, 8)
+    # dilated ground-truth nuclei (they overlap their neighbours) and random overlapping blobs
+    grown = [ndi.binary_dilation(gt == v, iterations=2) for v in np.unique(gt)[1:]]
+    stack = np.concatenate([np.stack(grown, -1), overlapping_stack(rng, n=4)], axis=-1)
+    stack = stack[..., rng.permutation(stack.shape[-1])]
+    assert (stack.sum(-1) > 1).sum() > 20  # the masks really overlap
+    expected = bf_first_wins(stack)
+    np.testing.assert_array_equal(M.to_label(stack), expected)
+    for label in (M.masks_to_label(stack), postprocess.masks_to_label(stack),
+                  unet.masks_to_labels(stack)):
+        np.testing.assert_array_equal(label, expected)
+    scores = M.evaluate_all(gt, stack)
+    assert scores["tp"] > 0  # a non-trivial comparison
+    np.testing.assert_equal(scores, M.evaluate_all(gt, postprocess.masks_to_label(stack)))
+    np.testing.assert_equal(M.evaluate_all(stack, gt),
+                            M.evaluate_all(unet.masks_to_labels(stack), gt))
+
+
+def test_stack_and_label_agree_on_hand_made_overlap():
+    """A prediction that repeats a nucleus exactly, then a larger mask over it: the earlier
+    (exact) mask keeps the nucleus in the stack and in its label image."""
+    from mrcnn_nuclei import postprocess
+
+    gt = np.zeros((8, 8), np.int32)
+    gt[1:4, 1:4] = 1
+    stack = np.zeros((8, 8, 2), bool)
+    stack[1:4, 1:4, 0] = True
+    stack[0:6, 0:6, 1] = True
+    label = postprocess.masks_to_label(stack)
+    assert M.dsb_score(gt, stack) == M.dsb_score(gt, label)
+    assert M.matched_mean_iou(gt, stack) == M.matched_mean_iou(gt, label) == 1.0
 
 
 def test_bad_input_errors():

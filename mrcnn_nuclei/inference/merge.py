@@ -23,43 +23,28 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from ..boxes import compute_overlaps_masks
+from ..data.image_ops import extract_bboxes
+
 __all__ = ["merge_instances", "mask_iou_matrix", "boxes_from_masks"]
 
 
 def boxes_from_masks(masks):
-    """Pixel boxes of an instance stack: [H, W, N] bool -> [N, 4] int32 (y1, x1, y2, x2 excl.)."""
-    masks = np.asarray(masks, bool)
-    n = masks.shape[-1]
-    if n == 0:
-        return np.zeros((0, 4), np.int32)
-    rows, cols = masks.any(1), masks.any(0)          # [H, N], [W, N]
-    h, w = rows.shape[0], cols.shape[0]
-    y1 = rows.argmax(0)
-    y2 = h - rows[::-1].argmax(0)
-    x1 = cols.argmax(0)
-    x2 = w - cols[::-1].argmax(0)
-    boxes = np.stack([y1, x1, y2, x2], 1).astype(np.int32)
-    boxes[~rows.any(0)] = 0
-    return boxes
+    """Pixel boxes of an instance stack: [H, W, N] bool -> [N, 4] int32 (y1, x1, y2, x2 excl.).
 
-
-def _sparse_columns(masks):
-    """[H, W, N] bool -> CSC matrix [H*W, N] of ones (one column per instance)."""
-    h, w, n = masks.shape
-    ys, xs, ks = np.nonzero(masks)
-    data = np.ones(len(ks), np.float32)
-    return sparse.csc_matrix((data, (ys * w + xs, ks)), shape=(h * w, n))
+    The package's one mask-to-box: :func:`mrcnn_nuclei.data.image_ops.extract_bboxes`.
+    """
+    return extract_bboxes(np.asarray(masks, bool))
 
 
 def mask_iou_matrix(masks_a, masks_b=None):
-    """Mask IoU: [H, W, N] and [H, W, M] bool -> [N, M] float32 (sparse matrix product)."""
-    a = _sparse_columns(np.asarray(masks_a, bool))
-    b = a if masks_b is None else _sparse_columns(np.asarray(masks_b, bool))
-    inter = np.asarray((a.T @ b).todense(), np.float32)
-    area_a = np.asarray(a.sum(0), np.float32).ravel()
-    area_b = np.asarray(b.sum(0), np.float32).ravel()
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
+    """Mask IoU: [H, W, N] and [H, W, M] bool -> [N, M] float32 (``masks_b=None``: ``masks_a``).
+
+    The package's one mask IoU, :func:`mrcnn_nuclei.boxes.compute_overlaps_masks`.
+    """
+    a = np.asarray(masks_a, bool)
+    b = a if masks_b is None else np.asarray(masks_b, bool)
+    return compute_overlaps_masks(a, b).astype(np.float32)
 
 
 def _run_pixels(run, name):
