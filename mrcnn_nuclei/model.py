@@ -30,8 +30,8 @@ from .layers.proposals import ProposalLayer
 from .layers.roi_align import PyramidROIAlign
 from .layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
 
-__all__ = ["MaskRCNN", "MaskRCNNTrainingModel", "LAYER_REGEX", "WarmUp",
-           "AtomicCheckpoint", "log"]
+__all__ = ["MaskRCNN", "MaskRCNNTrainingModel", "LAYER_REGEX", "WarmUp", "LearningRateDecay",
+           "cosine_factor", "AtomicCheckpoint", "log"]
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from . import metrics, postprocess
 from .config import NucleusConfig
 
 __all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
-           "train_budgeted", "config_with", "format_curve"]
+           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve"]
 
 
 class DSBScratchConfig(NucleusConfig):

@@ -1,6 +1,8 @@
 """rpn_model (shared head, names, shapes, anchor order), in-graph anchors against
 boxes.get_anchors, and ProposalLayer against a NumPy reference."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 import mrcnn_nuclei  # noqa: F401
 from mrcnn_nuclei.config import Config
 from mrcnn_nuclei.layers.proposals import ProposalLayer
-from mrcnn_nuclei.layers.rpn import PyramidAnchors, anchors_numpy, build_rpn_model, rpn_on_pyramid
+from mrcnn_nuclei.layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
 from test_ops import greedy_nms_ref
 
 
@@ -32,9 +34,10 @@ def test_in_graph_anchors_equal_get_anchors(shape, stride):
     ref = norm_boxes(B.get_anchors(cfg, shape), shape)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    # and our own brute-force reference (level, y, x, ratio order)
-    mine = anchors_numpy(cfg.RPN_ANCHOR_SCALES, cfg.RPN_ANCHOR_RATIOS, shape, cfg.BACKBONE_STRIDES,
-                         stride)
+    # and the NumPy anchors of feature maps of ceil(size / stride) (level, y, x, ratio order)
+    fshapes = [[math.ceil(shape[0] / s), math.ceil(shape[1] / s)] for s in cfg.BACKBONE_STRIDES]
+    mine = B.generate_pyramid_anchors(cfg.RPN_ANCHOR_SCALES, cfg.RPN_ANCHOR_RATIOS, fshapes,
+                                      cfg.BACKBONE_STRIDES, stride)
     np.testing.assert_allclose(B.get_anchors(cfg, shape), mine, atol=1e-3)
 
 

@@ -27,7 +27,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["default_augmentation", "apply_augmentation", "augment_packed", "GEOMETRIC_IMGAUG"]
+__all__ = ["default_augmentation", "apply_augmentation", "augment_packed", "CropIfLarger",
+           "GEOMETRIC_IMGAUG"]
 
 # imgaug augmenter class names allowed to act on masks (containers and geometric ones)
 GEOMETRIC_IMGAUG = ("Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud", "Rot90",

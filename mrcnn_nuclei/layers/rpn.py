@@ -3,13 +3,11 @@ and in-graph anchor generation for any (pad64) image size."""
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import layers, ops
 
-__all__ = ["build_rpn_model", "rpn_on_pyramid", "PyramidAnchors", "anchors_numpy"]
+__all__ = ["build_rpn_model", "rpn_on_pyramid", "PyramidAnchors"]
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
@@ -53,27 +51,6 @@ def rpn_on_pyramid(rpn, feature_maps):
     outs = [rpn(p) for p in feature_maps]
     names = ["rpn_class_logits", "rpn_class", "rpn_bbox"]
     return [layers.Concatenate(axis=1, name=n)([o[i] for o in outs]) for i, n in enumerate(names)]
-
-
-def anchors_numpy(scales, ratios, image_shape, strides, anchor_stride=1):
-    """Reference pixel anchors [A, 4] for an image (h, w) (order level, y, x, ratio).
-
-    Same convention as ``mrcnn_nuclei.boxes.generate_pyramid_anchors``: centres at
-    ``arange(0, ceil(h / stride), anchor_stride) * stride``; sizes scale/sqrt(r), scale*sqrt(r).
-    """
-    out = []
-    for scale, stride in zip(scales, strides):
-        fh, fw = math.ceil(image_shape[0] / stride), math.ceil(image_shape[1] / stride)
-        r = np.asarray(ratios, np.float64)
-        hs, ws = scale / np.sqrt(r), scale * np.sqrt(r)
-        cy = np.arange(0, fh, anchor_stride) * stride
-        cx = np.arange(0, fw, anchor_stride) * stride
-        cy, cx = np.meshgrid(cy, cx, indexing="ij")
-        cy = cy.reshape(-1, 1)
-        cx = cx.reshape(-1, 1)
-        b = np.stack([cy - 0.5 * hs, cx - 0.5 * ws, cy + 0.5 * hs, cx + 0.5 * ws], axis=-1)
-        out.append(b.reshape(-1, 4))
-    return np.concatenate(out, axis=0)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
