@@ -41,9 +41,9 @@ import warnings
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = [
 from .boxes import compute_overlaps, compute_overlaps_masks
 
+__all__ = [
     "to_label", "relabel_sequential", "check_stack", "masks_to_label", "label_to_masks",
     "label_runs", "label_rle_counts", "instance_rles", "Contingency", "contingency", "match_instances",
     "dsb_score", "dsb_score_dataset", "DSB_THRESHOLDS",
@@ -92,7 +92,6 @@ def to_label(x, name="label"):
     return x.astype(np.int64, copy=False)
 
 
-def relabel_sequential(label):
 def check_stack(masks, name="masks"):
     """``[H, W, N]`` bool view of an instance stack of bool or 0/1 masks (ints or floats).
 
@@ -182,6 +181,7 @@ def label_to_masks(label, return_ids=False, n_instances=None):
     return (out, ids) if return_ids else out
 
 
+def relabel_sequential(label):
     """Relabel ``[H, W]`` ids to ``0..n`` keeping their order.
 
     Returns ``(label [H, W] int64, ids [n])``.
@@ -283,7 +283,6 @@ def match_instances(gt, pred, iou=0.5):
     return c.gt_ids[gi], c.pred_ids[pi], v
 
 
-# --------------------------------------------------------------------------- per-image metrics
 # --------------------------------------------------------------------------- run-length encoding
 def label_runs(label):
     """Column-major runs of every instance. Returns ``ids [n]``, and per run ``owner`` (0..n-1),
@@ -358,6 +357,7 @@ def instance_rles(x, name="masks"):
     return mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in counts], h, w), ids
 
 
+# --------------------------------------------------------------------------- per-image metrics
 def _dsb(c):
     if c.empty:
         return 1.0
