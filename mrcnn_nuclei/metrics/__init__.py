@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .boxes import compute_overlaps, compute_overlaps_masks
+from ..boxes import compute_overlaps, compute_overlaps_masks
 
 __all__ = [
     "to_label", "relabel_sequential", "check_stack", "masks_to_label", "label_to_masks",
