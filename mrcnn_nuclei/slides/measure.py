@@ -27,27 +27,20 @@ MEASUREMENT_NAMES = ("score", "area_px", "area_um2", "perimeter_px", "perimeter_
                      "eccentricity", "solidity", "mean_r", "mean_g", "mean_b", "mean_hematoxylin")
 
 
-def mask_polygon(mask, y0, x0, downsample=1.0, tolerance=0.5):
-    """Outline of the largest connected part of ``mask`` [h, w] bool whose top-left pixel is
-    working pixel (y0, x0) -> shapely Polygon (valid, counter-clockwise exterior, no holes) in
-    full-resolution pixel-corner coordinates.  ``tolerance``: Douglas-Peucker simplification in
-    working pixels (0 keeps every contour vertex)."""
+def _outline(mask):
+    """Largest outline of ``mask`` [h, w] bool as a shapely Polygon in working-pixel-corner
+    coordinates relative to the crop (marching squares at 0.5 on the zero-padded mask), or None."""
     import shapely
     from shapely.geometry import Polygon
-    from shapely.geometry.polygon import orient
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
-    padded = np.pad(np.asarray(mask, bool), 1)
+    padded = np.pad(np.asarray(mask, bool), 1).astype(np.uint8)
     best = None
-    for contour in find_contours(padded.astype(np.uint8), 0.5):
-        if tolerance:
-            contour = approximate_polygon(contour, tolerance)
+    for contour in find_contours(padded, 0.5):
         if len(contour) < 4:
             continue
         # padded index coords of pixel centres -> pixel-corner coords: (i - 1) + 0.5
-        ys = (contour[:, 0] - 0.5 + y0) * downsample
-        xs = (contour[:, 1] - 0.5 + x0) * downsample
-        poly = Polygon(np.stack([np.round(xs, 3), np.round(ys, 3)], 1))
+        poly = Polygon(np.stack([contour[:, 1] - 0.5, contour[:, 0] - 0.5], 1))
         if not poly.is_valid:
             fixed = shapely.make_valid(poly)
             parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
@@ -56,12 +49,35 @@ def mask_polygon(mask, y0, x0, downsample=1.0, tolerance=0.5):
             poly = max(parts, key=lambda g: g.area)
         if best is None or poly.area > best.area:
             best = poly
-    if best is None or best.is_empty:
-        # a degenerate outline: fall back to the bounding square of the pixels
+    return best
+
+
+def mask_polygon(mask, y0, x0, downsample=1.0, tolerance=0.5, outline=None):
+    """Outline of the largest connected part of ``mask`` [h, w] bool whose top-left pixel is
+    working pixel (y0, x0) -> shapely Polygon (valid, counter-clockwise exterior, no holes) in
+    full-resolution pixel-corner coordinates, rounded to 1/1000 px.  ``tolerance``:
+    Douglas-Peucker simplification in working pixels (0 keeps every contour vertex); a
+    simplification that would not be valid is skipped.  outline: :func:`_outline` if known."""
+    import shapely
+    from shapely import affinity
+    from shapely.geometry import Polygon
+    from shapely.geometry.polygon import orient
+
+    poly = _outline(mask) if outline is None else outline
+    if poly is None or poly.is_empty:
+        # a degenerate outline: fall back to the bounding box of the pixels
         yy, xx = np.nonzero(mask)
-        best = shapely.box((xx.min() + x0) * downsample, (yy.min() + y0) * downsample,
-                           (xx.max() + 1 + x0) * downsample, (yy.max() + 1 + y0) * downsample)
-    return orient(Polygon(best.exterior.coords), 1.0)
+        poly = shapely.box(xx.min(), yy.min(), xx.max() + 1, yy.max() + 1)
+    if tolerance:
+        simple = poly.simplify(float(tolerance), preserve_topology=True)
+        if simple.geom_type == "Polygon" and simple.is_valid and not simple.is_empty:
+            poly = simple
+    poly = affinity.affine_transform(poly, [downsample, 0, 0, downsample,
+                                            x0 * downsample, y0 * downsample])
+    rounded = Polygon(np.round(np.asarray(poly.exterior.coords), 3))
+    if rounded.is_valid and not rounded.is_empty:
+        poly = rounded
+    return orient(Polygon(poly.exterior.coords), 1.0)
 
 
 def measure_instance(mask, y0, x0, rgb=None, hema=None, downsample=1.0, base_mpp=None,
@@ -71,33 +87,41 @@ def measure_instance(mask, y0, x0, rgb=None, hema=None, downsample=1.0, base_mpp
 
     mask [h, w] bool crop at working pixel (y0, x0); rgb [h, w, 3] uint8 and hema [h, w] uint8:
     the same crop of the slide and its hematoxylin channel (None: intensities are NaN).
+    Centroid and area from the pixels; eccentricity from the pixels' second moments (as an
+    ellipse with the same moments); perimeter = length of the outline (before simplification);
+    solidity = outline area / its convex hull's area.
     """
-    from skimage.measure import regionprops
-
     mask = np.asarray(mask, bool)
     d = float(downsample)
     um = float(base_mpp) if base_mpp else math.nan
-    props = regionprops(mask.astype(np.uint8))[0]
-    cy, cx = props.centroid
+    ys, xs = np.nonzero(mask)
+    area = len(ys)
+    cy, cx = ys.mean(), xs.mean()
+    a, c = ((ys - cy) ** 2).mean(), ((xs - cx) ** 2).mean()
+    b = ((ys - cy) * (xs - cx)).mean()
+    root = math.sqrt(((a - c) / 2) ** 2 + b * b)
+    l1, l2 = (a + c) / 2 + root, (a + c) / 2 - root
+    outline = _outline(mask)
     rec = {
         "centroid_x_px": (x0 + cx + 0.5) * d,
         "centroid_y_px": (y0 + cy + 0.5) * d,
-        "area_px": float(props.area) * d * d,
-        "perimeter_px": float(props.perimeter) * d,
-        "eccentricity": float(props.eccentricity),
-        "solidity": float(props.solidity),
+        "area_px": float(area) * d * d,
+        "perimeter_px": float(outline.length) * d if outline is not None else math.nan,
+        "eccentricity": math.sqrt(max(0.0, 1 - l2 / l1)) if l1 > 0 else 0.0,
+        "solidity": (float(outline.area / outline.convex_hull.area)
+                     if outline is not None and outline.convex_hull.area > 0 else 1.0),
     }
     rec["centroid_x_um"] = rec["centroid_x_px"] * um
     rec["centroid_y_um"] = rec["centroid_y_px"] * um
     rec["area_um2"] = rec["area_px"] * um * um
     rec["perimeter_um"] = rec["perimeter_px"] * um
     if rgb is not None:
-        px = np.asarray(rgb)[mask].astype(np.float64)
+        px = np.asarray(rgb)[ys, xs].astype(np.float64)
         rec["mean_r"], rec["mean_g"], rec["mean_b"] = (float(v) for v in px[:, :3].mean(0))
     else:
         rec["mean_r"] = rec["mean_g"] = rec["mean_b"] = math.nan
-    rec["mean_hematoxylin"] = (float(np.asarray(hema)[mask].mean()) if hema is not None
+    rec["mean_hematoxylin"] = (float(np.asarray(hema)[ys, xs].mean()) if hema is not None
                                else math.nan)
-    poly = mask_polygon(mask, y0, x0, d, tolerance)
+    poly = mask_polygon(mask, y0, x0, d, tolerance, outline=outline)
     rec["polygon"] = [[float(x), float(y)] for x, y in poly.exterior.coords]
     return rec

@@ -89,10 +89,13 @@ def open_client(scheduler=None, workers=1, threads=1, processes=True):
 
 
 def _atomic_bytes(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from ..fileio import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
 
 
 def _atomic_json(path, obj):
@@ -360,7 +363,7 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
                     cache.pop(far)
                     on_disk.add(far)
                 if on_tile is not None:
-                    on_tile(bar.n + 1, len(run.todo))
+                    on_tile(len(run.todo) - len(submit) + stats["ran"], len(run.todo))
                 assemble_ready()
                 bar.update(1)
                 done_s = max(time.perf_counter() - t0, 1e-9)
