@@ -14,10 +14,8 @@ from .matching import Contingency
 __all__ = ["coco_mask_ap"]
 
 
-def _coco_objects(gts, preds, scores):
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-
+def _as_lists(gts, preds, scores):
+    """``gts``, ``preds`` (and ``scores`` unless None) as lists of one entry per image."""
     gts, preds = list(gts), list(preds)
     if len(gts) != len(preds):
         raise ValueError(f"gts has {len(gts)} images but preds has {len(preds)}")
@@ -25,6 +23,24 @@ def _coco_objects(gts, preds, scores):
         scores = list(scores)
         if len(scores) != len(preds):
             raise ValueError(f"scores has {len(scores)} entries but preds has {len(preds)} images")
+    return gts, preds, scores
+
+
+def _image_scores(scores, i, n):
+    """``[n]`` float64 scores of image ``i`` (all 1.0 when ``scores`` is None)."""
+    s = np.ones(n) if scores is None else np.asarray(scores[i], np.float64).ravel()
+    if s.size != n:
+        raise ValueError(f"scores[{i}] has {s.size} values but preds[{i}] has {n} instances (one "
+                         "score per instance, in channel order for stacks or ascending label id "
+                         "for label images)")
+    return s
+
+
+def _coco_objects(gts, preds, scores):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    gts, preds, scores = _as_lists(gts, preds, scores)
     images, anns, dets = [], [], []
     for i, (g, p) in enumerate(zip(gts, preds)):
         g, p = np.asarray(g), np.asarray(p)
@@ -42,14 +58,7 @@ def _coco_objects(gts, preds, scores):
                          "segmentation": rle, "area": float(area), "bbox": [float(b) for b in box],
                          "iscrowd": 0})
         p_rles, _ = instance_rles(p, f"preds[{i}]")
-        if scores is None:
-            s = np.ones(len(p_rles))
-        else:
-            s = np.asarray(scores[i], dtype=np.float64).ravel()
-            if s.size != len(p_rles):
-                raise ValueError(f"scores[{i}] has {s.size} values but preds[{i}] has "
-                                 f"{len(p_rles)} instances (one score per instance, in channel "
-                                 "order for stacks or ascending label id for label images)")
+        s = _image_scores(scores, i, len(p_rles))
         for rle, score in zip(p_rles, s):
             dets.append({"image_id": i + 1, "category_id": 1, "segmentation": rle,
                          "score": float(score)})
@@ -158,23 +167,13 @@ def _greedy_coco(iou, thresholds):
 
 
 def _coco_ap_numpy(gts, preds, scores, max_det):
-    gts, preds = list(gts), list(preds)
-    if len(gts) != len(preds):
-        raise ValueError(f"gts has {len(gts)} images but preds has {len(preds)}")
-    if scores is not None:
-        scores = list(scores)
-        if len(scores) != len(preds):
-            raise ValueError(f"scores has {len(scores)} entries but preds has {len(preds)} images")
+    gts, preds, scores = _as_lists(gts, preds, scores)
     all_scores, all_match, n_gt_total = [], [], 0
     for i, (g, p) in enumerate(zip(gts, preds)):
         iou = _dt_gt_iou(g, p, i)
         n_dt, n_gt = iou.shape
         n_gt_total += n_gt
-        s = np.ones(n_dt) if scores is None else np.asarray(scores[i], np.float64).ravel()
-        if s.size != n_dt:
-            raise ValueError(f"scores[{i}] has {s.size} values but preds[{i}] has {n_dt} "
-                             "instances (one score per instance, in channel order for stacks or "
-                             "ascending label id for label images)")
+        s = _image_scores(scores, i, n_dt)
         order = np.argsort(-s, kind="mergesort")[:max_det]
         all_scores.append(s[order])
         all_match.append(_greedy_coco(iou[order], _COCO_IOUS))
