@@ -9,11 +9,10 @@ as uint16 when the largest id fits (< 65536) and uint32 otherwise.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
+from .fileio import atomic_write, atomic_write_text
 from .metrics import instance_rles, to_label
 
 __all__ = ["coco_results", "detections_to_coco", "save_coco_json", "load_coco_json",
@@ -66,18 +65,7 @@ def detections_to_coco(image_id, r):
 
 
 def _atomic_write_text(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def save_coco_json(path, results):
@@ -111,18 +99,7 @@ def save_label_tiff(path, label):
 
     lab = to_label(label, "label")
     data = lab.astype(label_dtype(lab))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tif")
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, compression="zlib")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
 
 
 def load_label_tiff(path):

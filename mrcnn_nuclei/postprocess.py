@@ -11,8 +11,6 @@ right), starting at 1, and writes ``"start length start length ..."``.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -166,17 +164,12 @@ def write_submission_csv(path, rows):
             out.append((str(image_id), value or ""))
         else:
             out.extend(submission_rows(image_id, value))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    from .fileio import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["ImageId", "EncodedPixels"])
             writer.writerows(out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)

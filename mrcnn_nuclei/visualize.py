@@ -16,7 +16,6 @@ from __future__ import annotations
 import colorsys
 import glob
 import os
-import tempfile
 
 import numpy as np
 
@@ -160,18 +159,10 @@ def save_tp_fp_fn_overlay(image, gt, pred, path, iou=0.5):
     """
     from PIL import Image
 
+    from .fileio import atomic_write
+
     rgb, counts = outline_overlay(image, gt, pred, iou)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
     return counts
 
 
