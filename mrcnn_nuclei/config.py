@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
@@ -242,15 +241,33 @@ class Config:
         print("\n")
 
     def save_json(self, path):
-        """Write the config as JSON (atomically) to ``path``."""
-        data = {"class": type(self).__name__, "values": self.to_dict()}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-        return path
+        """Write the config as JSON to ``path`` (atomically, with the user's umask).
+
+        NumPy scalars and arrays become numbers and lists.  A callable attribute (e.g. a
+        ``BACKBONE`` function) cannot be stored: its ``module.qualname`` is written under
+        ``"callables"`` and :meth:`read_json` asks for a Config class that defines it.  A value
+        JSON cannot hold raises :class:`ConfigError` naming the attribute; nothing is written.
+        """
+        from .fileio import atomic_write_text
+
+        values = self.to_dict()
+        data = {"class": type(self).__name__, "values": values}
+        funcs = {name: _callable_name(getattr(self, name)) for name in values
+                 if callable(getattr(self, name, None))}
+        if funcs:
+            data["callables"] = funcs
+        try:
+            text = json.dumps(data, indent=2, allow_nan=True)
+        except (TypeError, ValueError) as err:
+            bad = []
+            for name, value in values.items():
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError):
+                    bad.append(f"{name}={value!r:.60}")
+            raise ConfigError(f"save_json({path}): {', '.join(bad) or err} cannot be written as "
+                              "JSON; use numbers, strings, lists or NumPy values") from None
+        return atomic_write_text(path, text)
 
     @classmethod
     def from_dict(cls, values):
@@ -268,27 +285,68 @@ class Config:
             elif isinstance(default, tuple) and isinstance(value, list):
                 value = tuple(value)
             attrs[key] = value
-        if callable(cls.BACKBONE) and "BACKBONE" in attrs:
-            attrs.pop("BACKBONE")  # a callable cannot travel in JSON; keep the class's own
+        for key in [k for k in attrs if callable(getattr(cls, k, None))]:
+            attrs.pop(key)  # a callable cannot travel in JSON; keep the class's own
         return type(cls.__name__, (cls,), attrs)()
 
     @classmethod
-    def load_json(cls, path):
-        """Read a config written by :meth:`save_json`."""
+    def read_json(cls, path):
+        """The ``values`` dict of a config JSON written by :meth:`save_json`, checked for this class.
+
+        Raises FileNotFoundError, ConfigError for a file that is not such JSON, and ConfigError when
+        the file was saved from a config with a callable attribute (e.g. ``BACKBONE``) that this
+        class does not define as a callable (JSON holds only the function's name; load it with
+        the Config subclass that sets it).
+        """
+        path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not a config JSON written by Config.save_json: {err}") \
+                from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} is not a config JSON written by Config.save_json")
         values = data.get("values", data)
-        return cls.from_dict(values)
+        funcs = data.get("callables") or {}
+        if not funcs:  # files of older versions: a backbone that is no known name was a callable
+            backbone = values.get("BACKBONE")
+            if isinstance(backbone, str) and backbone not in _BACKBONES:
+                funcs = {"BACKBONE": backbone}
+        missing = {k: v for k, v in funcs.items() if not callable(getattr(cls, k, None))}
+        if missing:
+            names = ", ".join(f"{k} = {v}" for k, v in missing.items())
+            verb = "is a function" if len(missing) == 1 else "are functions"
+            raise ConfigError(
+                f"{path} was saved from a config {data.get('class', '')!s} whose {names} {verb}; "
+                "JSON holds only the name. Load it with the Config subclass that defines it "
+                f"(MyConfig.load_json({path!r})); {cls.__name__} does not define "
+                f"{', '.join(missing)} as a function.")
+        return values
+
+    @classmethod
+    def load_json(cls, path):
+        """Read a config written by :meth:`save_json` (see :meth:`read_json` for the errors)."""
+        return cls.from_dict(cls.read_json(path))
 
     def __repr__(self):
         return f"<{type(self).__name__} NAME={self.NAME!r}>"
 
 
+def _callable_name(value):
+    """``module.qualname`` of a function or class (its repr for anything else)."""
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    module = getattr(value, "__module__", None)
+    return f"{module}.{name}" if name and module else repr(value)
+
+
 def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, np.generic):  # np.bool_, np.str_, ... (np.integer/floating below too)
+        return value.item()
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

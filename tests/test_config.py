@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -92,3 +94,50 @@ def test_display_prints_every_attribute(capsys):
     out = capsys.readouterr().out
     for name in ("BACKBONE", "MEAN_PIXEL", "IMAGE_SHAPE", "RPN_ANCHOR_SCALES", "LOSS_WEIGHTS"):
         assert name in out
+
+
+# ------------------------------------------------------------------ JSON: NumPy, callables, files
+def test_save_json_numpy_values_umask_and_no_tmp(tmp_path):
+    class NumpyValues(TwoClass):
+        USE_MINI_MASK = np.bool_(True)
+        DETECTION_MIN_CONFIDENCE = np.float32(0.5)
+        IMAGE_MIN_DIM = np.int64(64)
+        IMAGE_MAX_DIM = np.int64(128)
+        RPN_ANCHOR_RATIOS = np.array([0.5, 1.0, 2.0])
+
+    old = os.umask(0o022)
+    try:
+        path = NumpyValues().save_json(tmp_path / "config.json")
+    finally:
+        os.umask(old)
+    values = json.loads(open(path).read())["values"]
+    assert values["USE_MINI_MASK"] is True and values["DETECTION_MIN_CONFIDENCE"] == 0.5
+    assert values["IMAGE_MIN_DIM"] == 64 and values["RPN_ANCHOR_RATIOS"] == [0.5, 1.0, 2.0]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644      # the user's umask, not 0600
+    assert TwoClass.load_json(path).USE_MINI_MASK is True
+
+    class Unwritable(TwoClass):
+        LOSS_WEIGHTS = {"rpn_class_loss": object()}
+
+    with pytest.raises(ConfigError, match="LOSS_WEIGHTS"):
+        Unwritable().save_json(tmp_path / "bad" / "config.json")
+    assert not (tmp_path / "bad").exists() or os.listdir(tmp_path / "bad") == []
+
+
+def my_backbone(input_image, stage5=True, train_bn=None):  # stands for a user's backbone
+    raise NotImplementedError
+
+
+def test_callable_backbone_saves_and_loads_with_a_clear_message(tmp_path):
+    class Custom(TwoClass):
+        BACKBONE = staticmethod(my_backbone)
+        COMPUTE_BACKBONE_SHAPE = staticmethod(lambda shape: [[1, 1]] * 5)
+
+    path = Custom().save_json(tmp_path / "config.json")
+    data = json.loads(open(path).read())
+    assert data["values"]["BACKBONE"] == "my_backbone"
+    assert data["callables"]["BACKBONE"] == f"{__name__}.my_backbone"
+    assert Custom.load_json(path).BACKBONE is my_backbone     # the class's own function kept
+    with pytest.raises(ConfigError, match=r"BACKBONE = .*my_backbone.* are functions.*"
+                                          r"Config subclass that defines it"):
+        NucleusInferenceConfig.load_json(path)
