@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
@@ -31,7 +30,8 @@ from .layers.roi_align import PyramidROIAlign
 from .layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
 
 __all__ = ["MaskRCNN", "MaskRCNNTrainingModel", "LAYER_REGEX", "WarmUp", "LearningRateDecay",
-           "cosine_factor", "AtomicCheckpoint", "log"]
+           "cosine_factor", "AtomicCheckpoint", "find_last_checkpoint", "checkpoint_epoch",
+           "log"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,63 @@ LAYER_REGEX = {
 }
 
 _CKPT_RE = re.compile(r"mask_rcnn_[\w-]*?(\d{4})\.(weights\.h5|h5)$")
-_DIR_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})$")
+#: Run folder: <name><YYYYmmddTHHMM[SS]>[_<n>] (Matterport's name plus seconds and a suffix that
+#: keeps two runs started in the same second apart).
+_RUN_RE = re.compile(r"(?P<name>.*?)(?P<stamp>\d{8}T\d{4}(?:\d{2})?)(?:_(?P<n>\d+))?")
+
+
+def _run_key(folder_name):
+    """Sort key (time stamp, collision number) of a run folder name; None if it is not one."""
+    m = _RUN_RE.fullmatch(folder_name)
+    if not m:
+        return None
+    stamp = m.group("stamp")
+    return stamp + "00" * (len(stamp) == 13), int(m.group("n") or 1), m.group("name")
+
+
+def checkpoint_epoch(path):
+    """Epoch of a checkpoint ``mask_rcnn_<name>_<epoch>.weights.h5`` (or ``.h5``) from its file
+    name, as :meth:`MaskRCNN.set_log_dir` reads it; 0 for any other file name."""
+    m = _CKPT_RE.search(os.path.basename(os.fspath(path)))
+    return int(m.group(1)) if m else 0
+
+
+def find_last_checkpoint(model_dir, name=None):
+    """Newest checkpoint ``mask_rcnn_*_<epoch>.weights.h5`` under ``model_dir``.
+
+    name: a config NAME (lower-cased): only run folders ``<name><YYYYmmddTHHMM[SS]>[_<n>]`` of
+        exactly that NAME count (Matterport's ``find_last``); None: run folders of any NAME.
+    The newest run folder (by its time stamp, then collision number) that holds a checkpoint is
+    chosen, and in it the checkpoint of the highest epoch.  Raises FileNotFoundError naming the
+    folder when there is none.
+    """
+    model_dir = os.fspath(model_dir)
+    key = None if name is None else str(name).lower()
+    try:
+        entries = os.listdir(model_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    runs = []
+    for d in entries:
+        k = _run_key(d)
+        if k and (key is None or k[2] == key) and os.path.isdir(os.path.join(model_dir, d)):
+            runs.append((k[:2], d))
+    what = f"'{key}<YYYYmmddTHHMM[SS]>'" if key is not None else "'<name><YYYYmmddTHHMM[SS]>'"
+    if not runs:
+        raise FileNotFoundError(
+            f"no run folder {what} in model_dir {model_dir!r}: nothing to resume; train first "
+            "or pass a weights path")
+    runs.sort()
+    # newest run folder first; a run stopped before its first checkpoint is passed over
+    for _, d in reversed(runs):
+        folder = os.path.join(model_dir, d)
+        ckpts = sorted((int(m.group(1)), f) for f in os.listdir(folder)
+                       for m in [_CKPT_RE.search(f)] if m and f.startswith("mask_rcnn"))
+        if ckpts:
+            return os.path.join(folder, ckpts[-1][1])
+    raise FileNotFoundError(f"no run folder {what} in model_dir {model_dir!r} holds a checkpoint "
+                            "(mask_rcnn_<name>_<epoch>.weights.h5); newest folder: "
+                            f"{os.path.join(model_dir, runs[-1][1])!r}")
 
 
 def log(text, array=None):
@@ -154,25 +210,32 @@ class MaskRCNNTrainingModel(keras.Model):
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Write ``path_pattern.format(epoch=epoch + 1)`` after every epoch, atomically (temp file in
-    the same folder, then ``os.replace``)."""
+    """Write ``path_pattern.format(epoch=epoch + 1)`` after every epoch with
+    :func:`mrcnn_nuclei.fileio.atomic_write` (temp file in the same folder, fsync, rename, the
+    user's umask).  Before writing, the free disk space is checked against the size of the
+    weights; a failed save raises ``OSError`` naming the checkpoint and leaves earlier
+    checkpoints (and any older file of that name) whole."""
 
     def __init__(self, path_pattern):
         super().__init__()
         self.path_pattern = path_pattern
 
     def on_epoch_end(self, epoch, logs=None):
+        from .fileio import atomic_write
+
         path = self.path_pattern.format(epoch=epoch + 1)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".weights.h5")
-        os.close(fd)
-        try:
-            self.model.save_weights(tmp, overwrite=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
+                     min_free_bytes=_weights_nbytes(self.model))
+
+
+def _weights_nbytes(keras_model):
+    """About the bytes a weights file of ``keras_model`` needs (variables + 1 MB of HDF5)."""
+    total = 0
+    for v in getattr(keras_model, "weights", []) or []:
+        shape = getattr(v, "shape", ())
+        size = int(np.prod([int(s) for s in shape])) if len(shape) else 1
+        total += size * np.dtype(getattr(v, "dtype", "float32") or "float32").itemsize
+    return total + (1 << 20)
 
 
 def _mask_slots(config):
@@ -306,64 +369,86 @@ class MaskRCNN:
 
     # -------------------------------------------------------------------------------- logs
     def set_log_dir(self, model_path=None):
-        """Choose the run folder and epoch counter. With ``model_path`` (a checkpoint written
-        by :meth:`train`) training continues in its folder after its epoch; otherwise a new
-        folder ``model_dir/<name><YYYYmmddTHHMM>`` is used."""
+        """Choose the run folder and epoch counter.
+
+        With ``model_path`` (a checkpoint written by :meth:`train`, in a run folder) training
+        continues in that checkpoint's own folder after its epoch.  Otherwise the run folder is
+        ``model_dir/<name><YYYYmmddTHHMMSS>`` (Matterport's name plus seconds); it is created
+        by :meth:`train` with ``os.mkdir``, and when another run took that name (two runs
+        started in the same second) ``_2``, ``_3`` ... is appended, so no run overwrites
+        another's checkpoints or config.json.  ``log_dir`` and ``checkpoint_path`` follow.
+        """
         self.epoch = 0
-        now = datetime.datetime.now()
+        self._log_dir_claimed = False
+        name = self.config.NAME.lower()
+        self.log_dir = None
         if model_path:
             model_path = os.fspath(model_path)
             m = _CKPT_RE.search(os.path.basename(model_path))
-            d = _DIR_RE.search(os.path.basename(os.path.dirname(os.path.abspath(model_path))))
+            folder = os.path.dirname(os.path.abspath(model_path))
             if m:
                 self.epoch = int(m.group(1))
-            if m and d:
-                now = datetime.datetime(*(int(v) for v in d.groups()))
-        name = self.config.NAME.lower()
-        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
+            if m and _run_key(os.path.basename(folder)):
+                self.log_dir = folder  # resume: continue in the checkpoint's own run folder
+                self._log_dir_claimed = True
+        if self.log_dir is None:
+            now = datetime.datetime.now()
+            self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}")
         self.checkpoint_path = os.path.join(self.log_dir,
                                             f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
 
-    def find_last(self):
+    def _claim_log_dir(self):
+        """Create this run's folder (see :meth:`set_log_dir`); raises OSError naming model_dir
+        when it cannot be created."""
+        from .fileio import check_writable_dir
+
+        if getattr(self, "_log_dir_claimed", False):
+            check_writable_dir(self.log_dir, "run folder")
+            return self.log_dir
+        check_writable_dir(os.path.dirname(os.path.abspath(self.log_dir)), "model_dir")
+        base, name = self.log_dir, self.config.NAME.lower()
+        for k in range(1, 10000):
+            candidate = base if k == 1 else f"{base}_{k}"
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            self.log_dir = candidate
+            self.checkpoint_path = os.path.join(candidate,
+                                                f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+            self._log_dir_claimed = True
+            return candidate
+        raise OSError(f"no free run folder name {base}_<n> in {self.model_dir}")
+
+    def find_last(self, any_name=False):
         """Path of the newest checkpoint in the newest run folder of this config's NAME that
-        holds one (Matterport's ``find_last``). Raises FileNotFoundError when there is none."""
-        key = self.config.NAME.lower()
-        # the run folders of exactly this NAME (not of a NAME it is a prefix of, e.g. "nucleus"
-        # vs "nucleus_plus"): <name><YYYYmmddTHHMM>, as set_log_dir makes them
-        run_re = re.compile(re.escape(key) + r"\d{8}T\d{4}")
-        try:
-            dirs = sorted(d for d in os.listdir(self.model_dir)
-                          if run_re.fullmatch(d)
-                          and os.path.isdir(os.path.join(self.model_dir, d)))
-        except FileNotFoundError:
-            dirs = []
-        if not dirs:
-            raise FileNotFoundError(
-                f"no run folder '{key}<YYYYmmddTHHMM>' in model_dir {self.model_dir!r}: nothing "
-                "to resume; train first or pass a weights path")
-        # newest run folder first; a run stopped before its first checkpoint is passed over
-        for d in reversed(dirs):
-            folder = os.path.join(self.model_dir, d)
-            ckpts = sorted(f for f in os.listdir(folder) if _CKPT_RE.search(f)
-                           and f.startswith("mask_rcnn"))
-            if ckpts:
-                return os.path.join(folder, ckpts[-1])
-        raise FileNotFoundError(f"no run folder of '{key}' in model_dir {self.model_dir!r} holds "
-                                "a checkpoint (mask_rcnn_<name>_<epoch>.weights.h5); newest "
-                                f"folder: {os.path.join(self.model_dir, dirs[-1])!r}")
+        holds one (Matterport's ``find_last``); with ``any_name`` of any NAME.  See
+        :func:`find_last_checkpoint`. Raises FileNotFoundError when there is none."""
+        return find_last_checkpoint(self.model_dir, None if any_name else self.config.NAME)
 
     # -------------------------------------------------------------------------------- weights
-    def load_weights(self, filepath, by_name=False, exclude=None):
+    def load_weights(self, filepath, by_name=False, exclude=None, allow_partial=None):
         """Load Matterport ``.h5`` or native ``.weights.h5`` weights (see mrcnn_nuclei.weights);
-        returns its report and, for a checkpoint of ours, continues its epoch numbering."""
+        returns its report and, for a checkpoint of ours, continues its epoch numbering.
+
+        allow_partial: whether layers of the model that the file leaves unfilled (random) are
+            accepted.  Default None: True in training mode (the report lists them, e.g. COCO
+            without the class heads), False in inference mode, where such a load raises
+            :class:`mrcnn_nuclei.weights.PartialWeightsError` naming the layers and the likely
+            cause before anything is assigned.  Pass True to detect with a partial file anyway.
+        """
         from . import weights as W
 
-        report = W.load_weights(self.keras_model, filepath, by_name=by_name, exclude=exclude)
+        if allow_partial is None:
+            allow_partial = self.mode == "training"
+        report = W.load_weights(self.keras_model, filepath, by_name=by_name, exclude=exclude,
+                                allow_partial=allow_partial)
         self.set_log_dir(filepath)
         return report
 
     def save_weights(self, filepath):
-        """Save native weights (+ the config JSON beside them) via mrcnn_nuclei.weights."""
+        """Save native weights (+ the config JSON beside them) via mrcnn_nuclei.weights, written
+        atomically with the user's umask; OSError (full disk ...) names the file."""
         from . import weights as W
 
         return W.save_weights(self.keras_model, filepath, config=self.config)
@@ -417,8 +502,11 @@ class MaskRCNN:
         """Train until epoch ``epochs`` (a total: a staged schedule continues numbering).
 
         layers: "heads", "3+", "4+", "5+", "all" or a regex over layer names.
-        Writes TensorBoard logs and a checkpoint per epoch to ``self.log_dir``.
-        Returns the keras History (None when there is nothing left to train).
+        Writes TensorBoard logs and a checkpoint per epoch to ``self.log_dir`` (created here;
+        see :meth:`set_log_dir`).
+        Returns the keras History.  When ``epochs`` is not above ``self.epoch`` (e.g. resuming
+        from a checkpoint of epoch 4 with epochs=4) nothing is trained, no folder is created, a
+        warning says which ``epochs`` to pass, and None is returned.
         """
         if self.mode != "training":
             raise ValueError("train() needs a model built with mode='training'")
@@ -429,8 +517,10 @@ class MaskRCNN:
             raise ValueError(f"train(layers={layers!r}): not a known preset "
                              f"({', '.join(LAYER_REGEX)}) nor a valid regex: {err}") from None
         if epochs <= self.epoch:
-            logger.warning("train(): epochs=%d but the model is already at epoch %d", epochs,
-                           self.epoch)
+            logger.warning(
+                "train(): nothing to train: epochs=%d is a total (Matterport) and the model is "
+                "already at epoch %d (loaded from a checkpoint of that epoch); pass epochs=%d or "
+                "more to train on", epochs, self.epoch, self.epoch + 1)
             return None
         c = self.config
         train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing,
@@ -439,7 +529,7 @@ class MaskRCNN:
         if val_dataset is not None:
             val_gen = self._loader(val_dataset, True, None, workers, use_multiprocessing,
                                    c.VALIDATION_STEPS)
-        os.makedirs(self.log_dir, exist_ok=True)
+        self._claim_log_dir()
         self.config.save_json(os.path.join(self.log_dir, "config.json"))
         callbacks = [_progress_logger(self.log_dir), AtomicCheckpoint(self.checkpoint_path)]
         callbacks += list(custom_callbacks or [])

@@ -40,7 +40,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ __all__ = [
     "LoadReport", "load_weights", "save_weights", "config_path_beside", "load_config_beside",
     "find_weights_file", "weights_search_dirs", "verify_weights_file", "file_kind",
     "CLASS_SPECIFIC_LAYERS", "WEIGHT_FILES", "resolve_weights_arg", "load_start_weights",
+    "PartialWeightsError", "check_weights_file",
 ]
 
 logger = logging.getLogger("mrcnn_nuclei.weights")
@@ -98,6 +98,8 @@ class LoadReport:
     mismatched: ``(layer, weight, file_shape, model_shape)`` shape differences found on excluded
         layers (informational; on other layers a mismatch raises).
     missing_in_file: model layers with weights that the file does not hold (left untouched).
+    unfilled: every model layer with weights that this load did not set (missing in the file or
+        excluded): they keep their previous (usually random) values.
     """
 
     path: str = ""
@@ -107,6 +109,7 @@ class LoadReport:
     excluded: list = dataclasses.field(default_factory=list)
     mismatched: list = dataclasses.field(default_factory=list)
     missing_in_file: list = dataclasses.field(default_factory=list)
+    unfilled: list = dataclasses.field(default_factory=list)
 
     def __str__(self):
         def names(items, limit=8):
@@ -128,6 +131,38 @@ class LoadReport:
             lines.append(f"  in the model but not in the file (left as they were) "
                          f"{len(self.missing_in_file)}: {names(self.missing_in_file)}")
         return "\n".join(lines)
+
+
+class PartialWeightsError(ValueError):
+    """A weights file would leave layers of the model unfilled and the caller did not pass
+    ``allow_partial=True`` (``--allow-partial-weights``).  ``.report`` is the LoadReport."""
+
+    def __init__(self, message, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+def _partial_message(path, unfilled, report):
+    """Error text for a load that leaves ``unfilled`` layers: the layers and the likely cause."""
+    shown = ", ".join(unfilled[:12]) + (f", ... (+{len(unfilled) - 12})" if len(unfilled) > 12
+                                        else "")
+    backbone = [n for n in unfilled if re.match(r"(res\d|bn\d|conv1$|bn_conv1$)", n)]
+    heads = [n for n in unfilled if n in CLASS_SPECIFIC_LAYERS]
+    if backbone:
+        cause = ("the file was saved from a model with another backbone depth (e.g. a ResNet-18 "
+                 "checkpoint into a ResNet-34/50 model): set BACKBONE (--backbone) to the file's")
+    elif heads and len(heads) == len(unfilled):
+        cause = ("the class-specific heads were excluded or are absent (a file of another class "
+                 "count, e.g. COCO): train the heads first, then detect with that checkpoint")
+    elif all(n.startswith(("mrcnn_", "rpn_", "fpn_")) for n in unfilled):
+        cause = ("the file holds only a backbone (e.g. ImageNet weights): train first, then "
+                 "detect with a checkpoint")
+    else:
+        cause = "the file was saved from another architecture or config; check the config"
+    return (f"{path} leaves {len(unfilled)} of the model's layers unfilled (they would keep "
+            f"random values; {len(report.loaded)} layers loaded): {shown}. Likely cause: {cause}. "
+            "Nothing was loaded. To use the file anyway pass allow_partial=True (command line: "
+            "--allow-partial-weights).")
 
 
 # ---------------------------------------------------------------------------------------- model index
@@ -203,17 +238,38 @@ def file_kind(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(_missing_file_message(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a weights file; pass the .h5 / .weights.h5 "
+                         "file (or --weights=last to take the newest checkpoint of a logs folder)")
     if not h5py.is_hdf5(path):
         raise ValueError(f"{path} is not an HDF5 weights file (expected Matterport's .h5 or a "
                          "Keras 3 .weights.h5 written by save_weights)")
-    with h5py.File(path, "r") as f:
-        if "layer_names" in f.attrs or (
-                "model_weights" in f and "layer_names" in f["model_weights"].attrs):
-            return "legacy"
-        if "layers" in f or "vars" in f:
-            return "native"
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or (
+                    "model_weights" in f and "layer_names" in f["model_weights"].attrs):
+                return "legacy"
+            if "layers" in f or "vars" in f:
+                return "native"
+    except OSError as err:
+        raise ValueError(_damaged_message(path, err)) from None
     raise ValueError(f"{path}: unknown weights layout (no 'layer_names' attribute as in Keras 1/2 "
                      "files, no 'layers' group as in Keras 3 files)")
+
+
+def _damaged_message(path, err):
+    """Message for an HDF5 file h5py cannot read (truncated download, interrupted write)."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    return (f"weights file {path} ({size / 1e6:.1f} MB) is truncated or damaged and cannot be "
+            f"read ({str(err).splitlines()[0][:200]}). It was not completely downloaded or "
+            "written: download it again, or use an earlier checkpoint of the run.")
+
+
+def check_weights_file(path):
+    """Cheap check that ``path`` is a readable weights file (no model needed): returns its
+    :func:`file_kind`.  Raises FileNotFoundError / ValueError naming the file (missing,
+    truncated, not HDF5, unknown layout)."""
+    return file_kind(path)
 
 
 def _decode(value):
@@ -315,7 +371,7 @@ def _mismatch_error(path, problems):
     return ValueError("\n".join(lines))
 
 
-def load_weights(keras_model, path, by_name=False, exclude=None):
+def load_weights(keras_model, path, by_name=False, exclude=None, allow_partial=True):
     """Load ``path`` into ``keras_model`` and return a :class:`LoadReport` (also logged).
 
     keras_model: a built keras.Model (layers named as Matterport's; may hold a nested
@@ -324,21 +380,32 @@ def load_weights(keras_model, path, by_name=False, exclude=None):
     by_name: match layers by name and tolerate layers missing on either side (reported).  With
         False a legacy file must hold every model layer that has weights.
     exclude: layer names to leave untouched (e.g. :data:`CLASS_SPECIFIC_LAYERS`).
-    Raises FileNotFoundError (no file), ValueError (unknown layout, shape mismatch, missing layers).
+    allow_partial: False raises :class:`PartialWeightsError` (nothing assigned) when the load
+        would leave any model layer with weights unfilled (``report.unfilled``); True (default
+        here; ``MaskRCNN.load_weights`` passes False in inference mode) loads and reports them.
+    Raises FileNotFoundError (no file), ValueError (unknown layout, truncated file, shape
+    mismatch, missing layers), PartialWeightsError.
     """
     path = os.fspath(path)
     kind = file_kind(path)
     excl = _normalise_exclude(exclude)
-    if kind == "native" and not by_name and not excl:
-        report = _load_native_whole(keras_model, path)
-    else:
-        if kind == "legacy":
+    try:
+        if kind == "native" and not by_name and not excl:
+            report = _load_native_whole(keras_model, path)
+            plan = None
+        elif kind == "legacy":
             plan, report = _plan_legacy(keras_model, path, by_name, excl)
         else:
             plan, report = _plan_native(keras_model, path, excl)
-        for variable, array in plan:
-            variable.assign(array)
+    except OSError as err:  # h5py read errors on a damaged file
+        raise ValueError(_damaged_message(path, err)) from None
     leaves, _ = _model_layers(keras_model)
+    loaded = set(report.loaded)
+    report.unfilled = [n for n, l in leaves.items() if l.weights and n not in loaded]
+    if report.unfilled and not allow_partial:
+        raise PartialWeightsError(_partial_message(path, report.unfilled, report), report)
+    for variable, array in plan or []:
+        variable.assign(array)
     unknown = sorted(excl - set(leaves) - set(report.skipped) - set(report.excluded))
     if unknown:
         logger.warning("exclude names %s match no layer of the model or the file", unknown)
@@ -515,22 +582,19 @@ def save_weights(keras_model, path, config=None):
     """Write ``keras_model``'s weights as a Keras 3 ``.weights.h5`` file, atomically.
 
     The suffix ``.weights.h5`` is appended when missing (``x.h5`` becomes ``x.weights.h5``).  The
-    file is written to a temporary name in the same folder and renamed, so a reader never sees a
-    half-written file.  With ``config`` its JSON goes beside (:func:`config_path_beside`).
-    Returns the weights path.
+    file is written to a temporary name in the same folder and renamed
+    (:func:`mrcnn_nuclei.fileio.atomic_write`: fsync, the user's umask, free space checked first),
+    so a reader never sees a half-written file and a failed save (OSError naming the file) leaves
+    an older file of that name whole.  With ``config`` its JSON goes beside
+    (:func:`config_path_beside`).  Returns the weights path.
     """
+    from .fileio import atomic_write
+
     final = _native_path(path)
-    directory = os.path.dirname(os.path.abspath(final))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        os.remove(tmp)  # Keras refuses to overwrite silently on some versions; give it a new name
-        keras_model.save_weights(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    nbytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                 for v in keras_model.weights) + (1 << 20)
+    atomic_write(final, lambda tmp: keras_model.save_weights(tmp, overwrite=True),
+                 min_free_bytes=nbytes)
     if config is not None:
         config.save_json(config_path_beside(final))
     return final
@@ -612,36 +676,50 @@ def verify_weights_file(path, kind):
 WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
 
 
-def resolve_weights_arg(spec, model=None):
+def resolve_weights_arg(spec, model=None, model_dir=None, name=None):
     """Path for a ``--weights`` value: coco | imagenet | last | none | PATH (None for "none").
 
-    ``last`` needs ``model`` (a MaskRCNN: ``model.find_last()``).  Raises FileNotFoundError naming
-    the path and the accepted values.
+    ``last``: the newest checkpoint (``mrcnn_nuclei.model.find_last_checkpoint``) of ``model``
+    (a MaskRCNN: its model_dir and config NAME) or, without a model, under ``model_dir`` of
+    config ``name`` (None: runs of any NAME).  The file found is checked cheaply
+    (:func:`check_weights_file`), so a missing, truncated or foreign file fails here, before a
+    model is built.  Raises FileNotFoundError / ValueError naming the path and the accepted values.
     """
     key = str(spec).lower()
     if key == "none":
         return None
     if key in ("coco", "imagenet"):
-        return find_weights_file(key)
-    if key == "last":
-        if model is None:
-            raise ValueError("--weights=last needs the model (to search its model_dir)")
-        return model.find_last()
-    path = os.path.expanduser(os.fspath(spec))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--weights={spec}: no such file {path}; pass an existing weights "
-                                f"file or one of {', '.join(WEIGHT_CHOICES)}")
+        path = find_weights_file(key)
+    elif key == "last":
+        if model is not None:
+            path = model.find_last()
+        elif model_dir is not None:
+            from .model import find_last_checkpoint
+
+            path = find_last_checkpoint(model_dir, name)
+        else:
+            raise ValueError("--weights=last needs the model or model_dir (to search for runs)")
+    else:
+        path = os.path.expanduser(os.fspath(spec))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--weights={spec}: no such file {path}; pass an existing "
+                                    f"weights file or one of {', '.join(WEIGHT_CHOICES)}")
+    if os.path.exists(path):  # (test doubles may name files that are not there)
+        check_weights_file(path)
     return path
 
 
-def load_start_weights(model, spec):
+def load_start_weights(model, spec, allow_partial=None):
     """Load the weights a ``--weights`` value names into a MaskRCNN; returns (path, report).
 
     coco: Matterport's COCO file by name with :data:`CLASS_SPECIFIC_LAYERS` excluded (the heads
     of another class count); imagenet, last and PATH: by name; none: nothing, (None, None).
+    allow_partial: see ``MaskRCNN.load_weights`` (default: allowed when training, an error naming
+    the unfilled layers in inference mode).
     """
     path = resolve_weights_arg(spec, model)
     if path is None:
         return None, None
     exclude = list(CLASS_SPECIFIC_LAYERS) if str(spec).lower() == "coco" else None
-    return path, model.load_weights(path, by_name=True, exclude=exclude)
+    return path, model.load_weights(path, by_name=True, exclude=exclude,
+                                    allow_partial=allow_partial)

@@ -160,7 +160,7 @@ def test_missing_root_and_id_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         DSBDataset().load(tmp_path / "nowhere")
     root = _fake_tree(tmp_path)
-    with pytest.raises(FileNotFoundError, match="zz9"):
+    with pytest.raises(ValueError, match="ids= names 1 id.*zz9"):
         DSBDataset().load(root, ids=["a1", "zz9"])
 
 
@@ -228,3 +228,48 @@ def test_unreadable_image_names_the_file(tmp_path):
     (root / "stage1_train" / "b2" / "images" / "b2.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="b2.png"):
         DSBDataset().load(root)
+
+
+def test_id_files_naming_absent_ids_are_errors(tmp_path):
+    root = _fake_tree(tmp_path)
+    (root / "val_ids.txt").write_text("b2\nzz9\nqq7\n")   # zz9, qq7 are not in stage1_train
+    with pytest.raises(ValueError, match=r"val_ids.txt names 2 id\(s\).*zz9, qq7"):
+        DSBDataset().load(root, subset="val")
+    with pytest.raises(ValueError, match=r"val_ids.txt names 2 id"):
+        DSBDataset().load(root, subset="train")          # the train split is checked as well
+    ids = tmp_path / "mine.txt"
+    ids.write_text("a1\nnope\n")
+    with pytest.raises(ValueError, match=r"mine.txt names 1 id\(s\).*nope"):
+        DSBDataset().load(root, ids=str(ids))
+    (root / "val_ids.txt").write_text("b2\n")
+    assert [i["id"] for i in DSBDataset().load(root, subset="val").image_info] == ["b2"]
+
+
+def test_label_image_id_list_naming_absent_ids_is_an_error(tmp_path):
+    from mrcnn_nuclei.datasets.label_images import LabelImageDataset
+
+    for stem in ("s1", "s2", "s3"):
+        Image.fromarray(np.full((6, 7, 3), 90, np.uint8)).save(tmp_path / f"{stem}.png")
+        lab = np.zeros((6, 7), np.uint16)
+        lab[1:3, 1:3] = 1
+        Image.fromarray(lab).save(tmp_path / f"{stem}_label.png")
+    ds = LabelImageDataset().load(tmp_path, tmp_path, ids=["s3", "s1"])
+    assert sorted(i["id"] for i in ds.image_info) == ["s1", "s3"]
+    with pytest.raises(ValueError, match=r"ids= names 1 id\(s\).*s9"):
+        LabelImageDataset().load(tmp_path, tmp_path, ids=["s1", "s9"])
+
+
+def test_empty_masks_folder_is_an_image_without_nuclei_with_keep_empty(tmp_path):
+    root = _fake_tree(tmp_path, ids=("a1", "e0"))
+    for f in (root / "stage1_train" / "e0" / "masks").iterdir():
+        f.unlink()                                        # e0: a masks/ folder, no nucleus
+    with pytest.raises(ValueError, match="keep_empty=True"):
+        DSBDataset().load(root)
+    ds = DSBDataset().load(root, keep_empty=True)
+    ds.prepare()
+    masks, class_ids = ds.load_mask(1)
+    assert ds.image_info[1]["id"] == "e0"
+    assert masks.shape == (8, 10, 0) and masks.dtype == bool and class_ids.shape == (0,)
+    (root / "stage1_train" / "e0" / "masks").rmdir()    # no masks/ folder: no ground truth
+    with pytest.raises(ValueError, match="no mask PNGs"):
+        DSBDataset().load(root, keep_empty=True)

@@ -374,3 +374,121 @@ def test_inference_stage_outputs_at_256_and_512(tmp_path, arch):
         n = max(1, int((det[0, :, 4] > 0).sum()))  # the mask head runs on the real detections
         assert out["roi_align_mask"].shape == (1, n, 14, 14, 256)
         assert out["mrcnn_mask"].shape == (1, 100, 28, 28, 2)
+
+
+# ------------------------------------------------------------------ run folders, resume, safety
+def _bare(tmp_path, config=None, mode="training"):
+    """A MaskRCNN without its (slow) graph: enough for log dirs, find_last and train checks."""
+    m = MaskRCNN.__new__(MaskRCNN)
+    m.config, m.model_dir, m.mode = config or TinyConfig(), str(tmp_path), mode
+    m.set_log_dir()
+    return m
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    a, b = _bare(tmp_path), _bare(tmp_path)
+    b.log_dir, b.checkpoint_path = a.log_dir, a.checkpoint_path    # same second, same name
+    assert re.fullmatch(r"tiny\d{8}T\d{6}", os.path.basename(a.log_dir))  # Matterport + seconds
+    assert a._claim_log_dir() == a.log_dir
+    b._claim_log_dir()
+    assert b.log_dir == a.log_dir + "_2" and os.path.isdir(b.log_dir)
+    assert b.checkpoint_path.startswith(b.log_dir + os.sep)
+    # nothing of one overwrites the other
+    TinyConfig().save_json(os.path.join(a.log_dir, "config.json"))
+    assert not os.path.exists(os.path.join(b.log_dir, "config.json"))
+    for m, payload in ((a, b"run a"), (b, b"run b")):
+        with open(m.checkpoint_path.format(epoch=1), "wb") as f:
+            f.write(payload)
+    assert open(a.checkpoint_path.format(epoch=1), "rb").read() == b"run a"
+    # find_last: the newest run is the later-claimed one; resuming stays in its folder
+    assert a.find_last() == b.checkpoint_path.format(epoch=1)
+    c = _bare(tmp_path)
+    c.set_log_dir(a.checkpoint_path.format(epoch=1))
+    assert c.log_dir == a.log_dir and c.epoch == 1
+    assert c._claim_log_dir() == a.log_dir                           # no new folder on resume
+    assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(a.log_dir),
+                                                   os.path.basename(b.log_dir)})
+
+
+def test_find_last_orders_old_and_new_folder_names_and_any_name(tmp_path):
+    from mrcnn_nuclei.model import find_last_checkpoint
+
+    def run(folder, name, epoch):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / f"mask_rcnn_{name}_{epoch:04d}.weights.h5"
+        path.write_bytes(b"x")
+        return str(path)
+
+    run("tiny20260101T1200", "tiny", 3)              # Matterport's minute-only name
+    run("tiny20260101T120030", "tiny", 1)            # same minute, 30 s later
+    newest = run("tiny20260101T120030_2", "tiny", 9)  # same second, claimed second: newest
+    assert _bare(tmp_path).find_last() == newest
+    other = run("nucleus20260102T000000", "nucleus", 2)
+    assert find_last_checkpoint(tmp_path, "tiny") == newest
+    assert find_last_checkpoint(tmp_path, None) == other             # any NAME: the newest run
+    assert _bare(tmp_path).find_last(any_name=True) == other
+    (tmp_path / "tiny20260101T120030_2" / "mask_rcnn_tiny_0010.weights.h5").write_bytes(b"x")
+    assert find_last_checkpoint(tmp_path, "tiny").endswith("_2/mask_rcnn_tiny_0010.weights.h5")
+
+
+def test_train_with_nothing_left_says_what_to_pass(tmp_path, caplog):
+    m = _bare(tmp_path)
+    m.epoch = 4                                          # as after loading a checkpoint of epoch 4
+    with caplog.at_level("WARNING", logger="mrcnn_nuclei.model"):
+        assert m.train(None, None, 0.01, epochs=4, layers="heads") is None
+    assert "nothing to train" in caplog.text and "pass epochs=5 or more" in caplog.text
+    assert os.listdir(tmp_path) == []                    # no (empty) run folder was created
+
+
+def test_checkpoint_save_checks_space_and_keeps_the_umask(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from mrcnn_nuclei import fileio
+    from mrcnn_nuclei.model import AtomicCheckpoint
+
+    class FakeModel:
+        weights = [np.zeros((1000, 1000), np.float32)]   # ~4 MB of weights
+        calls = 0
+
+        def save_weights(self, path, overwrite=True):
+            FakeModel.calls += 1
+            with open(path, "wb") as f:
+                f.write(b"weights")
+
+    cb = AtomicCheckpoint(str(tmp_path / "run" / "mask_rcnn_tiny_{epoch:04d}.weights.h5"))
+    cb.set_model(FakeModel())
+    old = os.umask(0o022)
+    try:
+        cb.on_epoch_end(0)
+    finally:
+        os.umask(old)
+    first = tmp_path / "run" / "mask_rcnn_tiny_0001.weights.h5"
+    assert oct(os.stat(first).st_mode & 0o777) == oct(0o644)     # mkstemp alone gives 0600
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9, 10 ** 6))
+    with pytest.raises(OSError, match=r"cannot write .*mask_rcnn_tiny_0002.*disk is full"):
+        cb.on_epoch_end(1)                                       # 1 MB free < ~5 MB needed
+    assert FakeModel.calls == 1 and os.listdir(tmp_path / "run") == [first.name]
+    assert first.read_bytes() == b"weights"
+
+
+def test_partial_weights_are_an_error_for_inference(infer_model, tmp_path):
+    """A ResNet-18 file into a ResNet-34 model leaves the extra blocks random: inference refuses
+    (naming them and the backbone as the cause) unless allow_partial=True."""
+    from mrcnn_nuclei.weights import PartialWeightsError
+
+    path = infer_model.save_weights(tmp_path / "r18.weights.h5")
+    deeper = MaskRCNN("inference", type("R34", (TinyConfig,), {"BACKBONE": "resnet34"})(),
+                      tmp_path)
+    conv1 = deeper.keras_model.get_layer("conv1").kernel.numpy().copy()
+    with pytest.raises(PartialWeightsError, match=r"unfilled.*res3d_branch2a.*backbone depth"
+                                                  r".*allow_partial=True") as err:
+        deeper.load_weights(path, by_name=True)
+    assert "res4f_branch2b" in err.value.report.unfilled
+    np.testing.assert_array_equal(deeper.keras_model.get_layer("conv1").kernel.numpy(), conv1)
+    report = deeper.load_weights(path, by_name=True, allow_partial=True)
+    assert report.unfilled == err.value.report.unfilled and len(report.loaded) > 50
+    np.testing.assert_array_equal(deeper.keras_model.get_layer("conv1").kernel.numpy(),
+                                  infer_model.keras_model.get_layer("conv1").kernel.numpy())
+    # into the architecture it came from, nothing is left unfilled
+    assert infer_model.load_weights(path, by_name=True).unfilled == []

@@ -30,7 +30,7 @@ from PIL import Image
 from ..data.convert import read_image
 from ..data.dataset import Dataset
 
-__all__ = ["DSBDataset", "rle_decode", "read_rle_csv"]
+__all__ = ["DSBDataset", "rle_decode", "read_rle_csv", "read_id_list", "check_ids_present"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,25 @@ def _image_root(root):
     return root, root.parent
 
 
+def read_id_list(ids, what="ids="):
+    """Image ids from a list or an id file (one per line; blank lines and ``#`` comments
+    ignored). Raises FileNotFoundError (no file) or ValueError (empty list)."""
+    return _read_ids(ids, what)
+
+
+def check_ids_present(wanted, available, source, where):
+    """Raise ValueError naming every id of ``wanted`` that is not in ``available``.
+
+    source: where the ids come from (an id file or ``ids=``); where: the folder searched."""
+    have = set(available)
+    missing = [i for i in wanted if i not in have]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})" if len(missing) > 10
+                                           else "")
+        raise ValueError(f"{source} names {len(missing)} id(s) that are not in {where}: {shown}. "
+                         "Fix the id list or point to the folder that holds them.")
+
+
 def _read_ids(ids, what):
     if isinstance(ids, (str, os.PathLike)):
         path = Path(ids)
@@ -118,7 +137,7 @@ class DSBDataset(Dataset):
     """DSB2018 stage-1 nuclei: ``ds.load(root, ids=None, subset=None)`` then ``ds.prepare()``."""
 
     def load(self, root, ids=None, subset=None, solution_csv=None, skip_empty=False, channels=3,
-             require_masks=True):
+             require_masks=True, keep_empty=False):
         """Register DSB images.
 
         root: folder holding ``stage1_train/`` (or that folder itself). ids: list of ids or a path
@@ -127,24 +146,35 @@ class DSBDataset(Dataset):
         Kaggle run-length CSV instead of ``masks/*.png``. skip_empty: skip images without masks
         (logged) instead of raising. channels: channels of ``load_image`` (default 3).
         require_masks: False registers images without masks too (test sets such as
-        ``stage1_test``; their ``load_mask`` returns ``N = 0``). Returns ``self``.
+        ``stage1_test``; their ``load_mask`` returns ``N = 0``). keep_empty: register images
+        with no nuclei - a ``masks/`` folder that exists but holds no PNG, or an image the
+        solution CSV lists without a mask - with ``N = 0`` masks (for evaluation); an image
+        without a ``masks/`` folder still counts as one without ground truth. Returns ``self``.
+
+        Every id of ``ids`` / ``val_ids.txt`` must be an image folder of the root, else
+        ValueError names the missing ids.
         """
         image_root, split_root = _image_root(root)
         if ids is not None and subset is not None:
             raise ValueError("pass either ids= or subset=, not both (subset picks ids from "
                              "val_ids.txt)")
+        present = sorted(p.name for p in image_root.iterdir() if (p / "images").is_dir())
         if ids is None:
-            ids = sorted(p.name for p in image_root.iterdir() if (p / "images").is_dir())
+            ids = present
             if not ids:
                 raise ValueError(f"empty id list: no <id>/images folders in {image_root}")
         else:
+            source = str(ids) if isinstance(ids, (str, os.PathLike)) else "ids="
             ids = _read_ids(ids, "ids=")
+            check_ids_present(ids, present, source, image_root)
         if subset is not None:
             if subset not in ("train", "val"):
                 raise ValueError(f"subset must be 'train' or 'val', got {subset!r}")
             candidates = [split_root / "val_ids.txt", image_root / "val_ids.txt"]
             val_file = next((c for c in candidates if c.is_file()), candidates[0])
-            val = set(_read_ids(val_file, str(val_file)))
+            val_list = _read_ids(val_file, str(val_file))
+            check_ids_present(val_list, present, val_file, image_root)
+            val = set(val_list)
             ids = [i for i in ids if (i in val) == (subset == "val")]
             if not ids:
                 raise ValueError(f"subset {subset!r} of {image_root} is empty (val ids from "
@@ -166,6 +196,7 @@ class DSBDataset(Dataset):
                 entry = labels.get(image_id) or {"rles": [], "shape": None}
                 extra = {"rles": entry["rles"], "rle_shape": entry["shape"]}
                 n_masks = len(entry["rles"])
+                no_nuclei = image_id in labels  # listed with an empty EncodedPixels
                 problem = f"{solution_csv} has no masks for image {image_id} ({folder})"
             else:
                 mask_dir = folder / "masks"
@@ -173,13 +204,15 @@ class DSBDataset(Dataset):
                     if mask_dir.is_dir() else []
                 extra = {"mask_paths": [str(mask_dir / n) for n in names]}
                 n_masks = len(names)
+                no_nuclei = mask_dir.is_dir()
                 problem = f"no mask PNGs in {mask_dir} (image {image_id})"
-            if n_masks == 0 and require_masks:
+            if n_masks == 0 and require_masks and not (keep_empty and no_nuclei):
                 if skip_empty:
                     skipped.append(image_id)
                     continue
-                raise ValueError(f"{problem}; pass skip_empty=True to skip images without masks "
-                                 "(or require_masks=False for a test set)")
+                raise ValueError(f"{problem}; pass skip_empty=True to skip images without masks, "
+                                 "keep_empty=True to keep images with no nuclei (empty masks/ "
+                                 "folder) or require_masks=False for a test set")
             try:
                 with Image.open(image_path) as im:
                     width, height = im.size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,14 @@ def read_label_image(path):
 class LabelImageDataset(Dataset):
     """Images + instance label images: ``ds.load(image_dir, label_dir)`` then ``ds.prepare()``."""
 
-    def load(self, image_dir, label_dir, pattern=None, skip_unpaired=False, channels=3):
+    def load(self, image_dir, label_dir, pattern=None, skip_unpaired=False, channels=3, ids=None):
         """Register image/label pairs.
 
         image_dir, label_dir: folders (may be the same). pattern: glob for image file names
         (e.g. ``"*.tif"``; default every PNG/TIFF/JPEG/BMP). skip_unpaired: skip (and log)
         images without a label and labels without an image instead of raising.
-        channels: of ``load_image``. Returns ``self``.
+        channels: of ``load_image``. ids: only these image stems (a list or an id file, one per
+        line); ids without an image/label pair raise ValueError naming them. Returns ``self``.
         """
         image_dir, label_dir = Path(image_dir), Path(label_dir)
         for folder, what in ((image_dir, "image_dir"), (label_dir, "label_dir")):
@@ -137,6 +139,15 @@ class LabelImageDataset(Dataset):
             raise ValueError(f"no image files in {image_dir}"
                              + (f" matching {pattern!r}" if pattern else "")
                              + f" (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        if ids is not None:
+            from .dsb import check_ids_present, read_id_list
+
+            source = str(ids) if isinstance(ids, (str, os.PathLike)) else "ids="
+            wanted = set(read_id_list(ids, source))
+            check_ids_present(sorted(wanted), set(images) & set(labels), source,
+                              f"the image/label pairs of {image_dir} and {label_dir}")
+            images = {k: v for k, v in images.items() if k in wanted}
+            labels = {k: v for k, v in labels.items() if k in wanted}
         no_label = sorted(set(images) - set(labels))
         no_image = sorted(set(labels) - set(images)) if pattern is None else []
         if (no_label or no_image) and not skip_unpaired:
