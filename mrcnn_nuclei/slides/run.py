@@ -311,6 +311,7 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
     from tqdm.auto import tqdm
 
     if run.state and run.state.get("finished"):
+        run.reader.close()
         summary = _read_json(run.paths["summary"]) if os.path.exists(run.paths["summary"]) else {}
         return _result_paths(run, summary)
     t0 = time.perf_counter()
@@ -378,9 +379,11 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
         if futures:
             client.cancel([f for f in futures if not f.done()])
         run.close()
+        run.reader.close()
         bar.close()
         raise
     bar.close()
+    run.reader.close()
     wall = time.perf_counter() - t0
     summary = _summary(run, stats, wall, cluster_s, slots)
     _atomic_json(run.paths["summary"], summary)

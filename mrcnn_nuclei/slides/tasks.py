@@ -85,6 +85,8 @@ def process_tile(tile, job):
 
         hema = hematoxylin_channel(rgb)
         for r, (iy, ix) in enumerate(instance_pixels(py, px, pr, len(kept))):
+            if len(iy) == 0:  # every pixel went to better-ranked instances
+                continue
             by0, by1, bx0, bx1 = iy.min(), iy.max() + 1, ix.min(), ix.max() + 1
             mask = np.zeros((by1 - by0, bx1 - bx0), bool)
             mask[iy - by0, ix - bx0] = True
