@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mrcnn_nuclei.inference.tiling import tile_grid, tiled_detect
+from mrcnn_nuclei.inference.tiling import keep_in_core, paste_kept, tile_grid, tiled_detect
 
 
 def _blob_image(size=1000, n=400, seed=0):
@@ -163,3 +163,29 @@ def test_stitched_equals_whole_image_on_a_monuseg_tile(monuseg_root):
     stitched = tiled_detect(h_segment, rgb, tile_size=256, overlap=96)
     assert _same_partition(stitched, whole)
     assert stitched.max() == whole.max()
+
+
+def test_keep_rule_and_paste_by_hand():
+    # tile at global (100, 200), core rows 100..120, cols 200..220 (global)
+    masks = np.zeros((3, 30, 30), bool)
+    masks[0, 2:8, 2:8] = True      # A: centroid (105, 205) in the core, score 0.5
+    masks[1, 5:11, 5:11] = True    # B: centroid (108, 208) in the core, score 0.9, overlaps A
+    masks[2, 22:28, 22:28] = True  # C: centroid (125, 225) outside the core
+    ks, ys, xs = np.nonzero(masks)
+    scores = np.array([0.5, 0.9, 0.99], np.float32)
+    py, px, pr, kept = keep_in_core(ys, xs, ks, scores, (100, 200), (100, 120, 200, 220))
+    assert list(kept) == [1, 0]                        # B first (better score), C dropped
+    got = np.full((30, 30), -1)
+    got[py, px] = pr
+    assert (got[5:11, 5:11] == 0).all()                # the overlap went to B (rank 0)
+    assert (got == 1).sum() == 36 - 9 and (got >= 0).sum() == 36 + 27
+    assert len(set(zip(py, px))) == len(py)            # each pixel once
+    # min_area drops small instances before ranking
+    *_, kept = keep_in_core(ys, xs, ks, scores, (100, 200), (100, 120, 200, 220), min_area=37)
+    assert len(kept) == 0
+    # pasting never overwrites labelled pixels; ids consecutive in rank order from next_id
+    region = np.zeros((30, 30), np.int32)
+    region[5:11, 5:11] = 7                             # B's pixels already taken
+    used, free = paste_kept(region, py, px, pr, next_id=8)
+    assert list(used) == [1] and (region == 8).sum() == 27
+    assert (region[5:11, 5:11] == 7).all() and free.sum() == 27

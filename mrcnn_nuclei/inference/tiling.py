@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_grid", "tiled_detect"]
+__all__ = ["tile_grid", "tiled_detect", "keep_in_core", "paste_kept"]
 
 
 def tile_grid(length, tile_size, overlap):
@@ -69,6 +69,67 @@ def _instances(result, shape, where):
     return ys, xs, ks.ravel(), np.ones(len(ids), np.float32)
 
 
+def keep_in_core(ys, xs, ks, scores, origin, core, min_area=1):
+    """The keep rule of tiled inference, for one tile's instances (shared by :func:`tiled_detect`
+    and the whole-slide runner :mod:`mrcnn_nuclei.slides`).
+
+    ys, xs [P]: tile-local pixel coordinates of instance pixels; ks [P]: their instance index
+    0..N-1; scores [N].  origin: (y0, x0) of the tile in global coordinates; core:
+    (cy0, cy1, cx0, cx1), the tile's core in global coordinates.  An instance is kept when it has
+    at least ``min_area`` pixels and the centroid of its pixel centres lies in the core.  Kept
+    instances are ranked by descending score (stable) and each pixel goes to its best-ranked
+    kept instance.  Returns (py, px, pr, kept): the kept pixels (tile-local, each once, sorted by
+    row-major position), their rank pr in 0..K-1, and kept [K], the instance indices in rank order.
+    """
+    ys, xs, ks = np.asarray(ys), np.asarray(xs), np.asarray(ks)
+    scores = np.asarray(scores, np.float32).ravel()
+    n = len(scores)
+    empty = np.zeros(0, np.int64)
+    if n == 0 or len(ks) == 0:
+        return empty, empty, empty, empty
+    y0, x0 = origin
+    cy0, cy1, cx0, cx1 = core
+    area = np.bincount(ks, minlength=n)
+    safe = np.maximum(area, 1)
+    cy = np.bincount(ks, ys, minlength=n) / safe + y0
+    cx = np.bincount(ks, xs, minlength=n) / safe + x0
+    # centre of pixel (y, x) is (y + 0.5, x + 0.5): core test on pixel-centre coords
+    keep = ((area >= max(1, min_area)) & (cy + 0.5 >= cy0) & (cy + 0.5 < cy1)
+            & (cx + 0.5 >= cx0) & (cx + 0.5 < cx1))
+    if not keep.any():
+        return empty, empty, empty, empty
+    rank = np.full(n, -1)
+    kept = np.flatnonzero(keep)
+    kept = kept[np.argsort(-scores[kept], kind="stable")]
+    rank[kept] = np.arange(len(kept))
+    sel = rank[ks] >= 0
+    py, px, pr = ys[sel], xs[sel], rank[ks[sel]]
+    width = int(px.max()) + 1
+    flat = py.astype(np.int64) * width + px
+    order = np.lexsort((pr, flat))
+    first = np.r_[True, np.diff(flat[order]) > 0]
+    order = order[first]
+    return py[order], px[order], pr[order], kept
+
+
+def paste_kept(region, py, px, pr, next_id):
+    """Paste kept instances into ``region`` (the tile's window of the output label image, a
+    NumPy array modified in place) without overwriting pixels already labelled: earlier tiles
+    win.  py, px, pr: from :func:`keep_in_core`.  Ranks that keep at least one free pixel get
+    consecutive ids ``next_id, next_id + 1, ...`` in rank order.  Returns (used, free): the ranks
+    that were pasted (ascending) and a bool [P] marking which of the pixels were free.
+    """
+    free = region[py, px] == 0
+    if not free.any():
+        return np.zeros(0, np.int64), free
+    pr_free = pr[free]
+    used = np.unique(pr_free)
+    new_ids = np.zeros(int(pr.max()) + 1, np.int64)
+    new_ids[used] = next_id + np.arange(len(used))
+    region[py[free], px[free]] = new_ids[pr_free]
+    return used, free
+
+
 def tiled_detect(detect_fn, image, tile_size=512, overlap=64, min_area=1, return_scores=False,
                  out=None):
     """Instance segmentation of a large image tile by tile -> label image [H, W] int32.
@@ -98,36 +159,14 @@ def tiled_detect(detect_fn, image, tile_size=512, overlap=64, min_area=1, return
             n = len(scores)
             if n == 0 or len(ks) == 0:
                 continue
-            area = np.bincount(ks, minlength=n)
-            safe = np.maximum(area, 1)
-            cy = np.bincount(ks, ys, minlength=n) / safe + y0
-            cx = np.bincount(ks, xs, minlength=n) / safe + x0
-            # centre of pixel (y, x) is (y + 0.5, x + 0.5): core test on pixel-centre coords
-            keep = ((area >= max(1, min_area)) & (cy + 0.5 >= cy0) & (cy + 0.5 < cy1)
-                    & (cx + 0.5 >= cx0) & (cx + 0.5 < cx1))
-            if not keep.any():
+            py, px, pr, kept = keep_in_core(ys, xs, ks, scores, (y0, x0), (cy0, cy1, cx0, cx1),
+                                            min_area=min_area)
+            if len(kept) == 0:
                 continue
-            # rank kept instances by score; each pixel goes to its best-ranked instance
-            rank = np.full(n, -1)
-            kept = np.flatnonzero(keep)
-            kept = kept[np.argsort(-scores[kept], kind="stable")]
-            rank[kept] = np.arange(len(kept))
-            sel = rank[ks] >= 0
-            py, px, pr = ys[sel], xs[sel], rank[ks[sel]]
-            order = np.lexsort((pr, py * (x1 - x0) + px))
-            flat = (py * (x1 - x0) + px)[order]
-            first = np.r_[True, np.diff(flat) > 0]
-            py, px, pr = py[order][first], px[order][first], pr[order][first]
-            # never overwrite pixels already labelled by an earlier tile
             region = out[y0:y1, x0:x1]
-            free = region[py, px] == 0
-            py, px, pr = py[free], px[free], pr[free]
-            if len(pr) == 0:
+            used, _ = paste_kept(region, py, px, pr, next_id)
+            if len(used) == 0:
                 continue
-            used = np.unique(pr)
-            new_ids = np.zeros(len(kept), np.int64)
-            new_ids[used] = next_id + np.arange(len(used))
-            region[py, px] = new_ids[pr]
             out[y0:y1, x0:x1] = region
             next_id += len(used)
             all_scores.append(scores[kept[used]])
