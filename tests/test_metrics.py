@@ -291,7 +291,7 @@ def test_empty_cases():
     assert M.f1_detection(empty, empty) == 1.0
     assert np.isnan(M.matched_mean_iou(empty, empty))
     assert np.isnan(M.matched_mean_iou(gt, empty)) and np.isnan(M.matched_mean_iou(empty, gt))
-    assert all(np.isnan(M.panoptic_quality(empty, empty)))
+    assert M.panoptic_quality(empty, empty) == (1.0, 1.0, 1.0)  # perfect, as DSB / AJI / F1
     assert M.coco_mask_ap([gt], [empty])["AP"] == 0.0
     assert np.isnan(M.coco_mask_ap([empty], [gt])["AP"])
     assert M.dsb_score_dataset([gt, empty], [gt, empty]) == 1.0
@@ -807,3 +807,18 @@ def test_huge_and_sparse_ids_and_match_instances():
     for g, p, v in zip(g_ids, p_ids, ious):
         a, b = big_gt == g, pred == p
         assert v == pytest.approx((a & b).sum() / (a | b).sum()) and v > 0.5
+
+
+def test_empty_vs_empty_is_perfect_in_every_score_and_every_mean():
+    """An image with no nuclei and no prediction scores 1.0 in DSB, AJI, F1 and PQ alike, so a
+    nan-skipping mean over a set gives every metric the same images."""
+    empty = np.zeros((9, 9), np.int32)
+    s = M.evaluate_all(empty, empty)
+    for key in ("dsb", "aji", "aji_plus", "f1", "pq", "dq", "sq", "dice"):
+        assert s[key] == 1.0, key
+    gt = four_squares()
+    bad = M.evaluate_all(gt, np.zeros_like(gt))
+    pair = [M.evaluate_all(gt, gt), s]
+    for key in ("dsb", "aji", "f1", "pq"):
+        assert bad[key] == 0.0
+        assert np.nanmean([p[key] for p in pair]) == 1.0, key   # no image dropped from any mean

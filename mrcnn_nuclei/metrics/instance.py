@@ -4,9 +4,10 @@ Inputs are label images ``[H, W]`` or instance stacks ``[H, W, N]`` (converted b
 :func:`~mrcnn_nuclei.metrics.labels.to_label`); every metric reads one
 :class:`~mrcnn_nuclei.metrics.matching.Contingency` table.
 
-Empty images (documented per function): DSB, Dice, AJI, AJI+ and F1 score 1.0 when both images are
-empty and 0.0 when exactly one is; PQ returns ``(nan, nan, nan)`` for empty vs empty so that
-nan-means skip the image; matched mean IoU is nan when nothing matches.
+Empty images (documented per function): DSB, Dice, AJI, AJI+, F1 and PQ (with DQ and SQ) score 1.0
+when both images are empty - a perfect empty prediction - and 0.0 when exactly one is, so an image
+without nuclei counts the same way in every mean; matched mean IoU is nan when nothing matches
+(nan-means skip it).  PanNuke's bPQ/mPQ skip images without ground truth, as PanNuke does.
 
 Bad input (every per-image metric, through :func:`to_label`): ground truth and prediction of
 different height/width raise ``ValueError``; a 2-D label image of non-integer dtype (float, even
@@ -114,8 +115,8 @@ def aji_plus(gt, pred):
 
 
 def _pq(c, match_iou=0.5):
-    if c.empty:
-        return (float("nan"),) * 3
+    if c.empty:  # empty vs empty: a perfect prediction, as DSB / AJI / F1
+        return 1.0, 1.0, 1.0
     gi, _, v = c.match(match_iou)
     tp = gi.size
     fp, fn = c.n_pred - tp, c.n_gt - tp
@@ -131,7 +132,8 @@ def panoptic_quality(gt, pred, match_iou=0.5):
 
     Unique matching at IoU > ``match_iou``; ``dq = TP / (TP + FP/2 + FN/2)``, ``sq`` = mean IoU of
     the TPs (0.0 when there is none), ``pq = dq * sq``.  Empty vs empty returns
-    ``(nan, nan, nan)`` so that nan-means skip the image.
+    ``(1.0, 1.0, 1.0)`` (a perfect empty prediction, as :func:`dsb_score`, :func:`aji` and
+    :func:`f1_detection`); exactly one empty gives ``(0.0, 0.0, 0.0)``.
     """
     return _pq(Contingency(gt, pred), match_iou)
 
