@@ -222,7 +222,7 @@ def _missing_file_message(path):
                     "downloaded automatically; see weights/README.md.")
     coco = WEIGHT_FILES["coco"]
     return (f"weights file not found: {path}. Pass an existing file: a checkpoint written by "
-            "MaskRCNN.train() (model_dir/<name><YYYYmmddTHHMM>/mask_rcnn_<name>_<epoch>"
+            "MaskRCNN.train() (model_dir/<name><YYYYmmddTHHMMSS>/mask_rcnn_<name>_<epoch>"
             ".weights.h5; MaskRCNN.find_last() returns the newest) or by save_weights(), or "
             f"Matterport's {coco['filename']} from {coco['url']} (put it in {_REPO_WEIGHTS_DIR}; "
             "see weights/README.md).")

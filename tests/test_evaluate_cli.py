@@ -241,3 +241,84 @@ def test_perfect_detector_on_real_dsb_images(ev, dsb_root, tmp_path):
         assert s["means"][m] == pytest.approx(1.0), m
     assert s["coco"]["AP"] == pytest.approx(1.0)
     assert s["totals"]["n_gt"] == s["totals"]["tp"] > 10
+
+
+# ------------------------------------------------------------------ real val sets, any run NAME
+def _dsb_tree(root, n_nuclei):
+    """stage1_train/<id>/{images,masks} with val_ids.txt listing every id; id -> nuclei count."""
+    for image_id, n in n_nuclei.items():
+        (root / "stage1_train" / image_id / "images").mkdir(parents=True)
+        (root / "stage1_train" / image_id / "masks").mkdir()
+        Image.fromarray(np.full((32, 40, 3), 100 + n, np.uint8)).save(  # images differ
+            root / "stage1_train" / image_id / "images" / f"{image_id}.png")
+        for k in range(n):
+            m = np.zeros((32, 40), np.uint8)
+            m[2 + 8 * k:8 + 8 * k, 5:15] = 255
+            Image.fromarray(m).save(root / "stage1_train" / image_id / "masks" / f"m{k}.png")
+    (root / "val_ids.txt").write_text("\n".join(n_nuclei) + "\n")
+    return root
+
+
+def test_val_set_with_an_image_without_nuclei_is_scored(ev, tmp_path):
+    root = _dsb_tree(tmp_path / "dsb", {"full": 3, "none": 0})
+    ds, ids = ev.build_dataset(str(root), "val")
+    table = {key(ds.load_image(i)): ds.load_mask(i)[0] for i in ids}
+
+    def perfect(image):
+        masks = table[key(image)]
+        n = masks.shape[-1]
+        return {"masks": masks, "scores": np.ones(n), "class_ids": np.ones(n, np.int32),
+                "rois": np.zeros((n, 4), np.int32)}
+
+    s = ev.evaluate_dataset(perfect, ds, ids, str(tmp_path / "out"), verbose=0)
+    assert s["n_images"] == 2 and s["totals"]["n_gt"] == 3
+    with open(tmp_path / "out" / "per_image.csv") as f:
+        rows = {r["image_id"]: r for r in csv.DictReader(f)}
+    for m in ("dsb", "aji", "f1", "pq"):           # empty vs empty: 1.0 in every score
+        assert float(rows["none"][m]) == 1.0, m
+        assert s["means"][m] == pytest.approx(1.0), m
+
+    def nothing(image):
+        return {"masks": np.zeros(image.shape[:2] + (0,), bool)}
+
+    s = ev.evaluate_dataset(nothing, ds, ids, str(tmp_path / "out2"), verbose=0)
+    for m in ("dsb", "aji", "f1", "pq"):           # same images in every mean: (0 + 1) / 2
+        assert s["means"][m] == pytest.approx(0.5), m
+
+
+def test_weights_last_finds_runs_of_any_name_and_checks_the_file(ev, tmp_path):
+    import h5py
+
+    from mrcnn_nuclei.config import NucleusConfig
+
+    run = tmp_path / "logs" / "mynuclei20260101T120000"
+    run.mkdir(parents=True)
+    ckpt = run / "mask_rcnn_mynuclei_0002.weights.h5"
+    with h5py.File(ckpt, "w") as f:
+        f.create_group("layers")
+    type("Mine", (NucleusConfig,), {"NAME": "mynuclei", "BACKBONE": "resnet18"})().save_json(
+        run / "config.json")
+    assert ev.resolve_weights("last", str(tmp_path / "logs")) == str(ckpt)
+    cfg = ev.inference_config(str(ckpt))               # the run's own config, set for inference
+    assert cfg.NAME == "mynuclei" and cfg.BACKBONE == "resnet18" and cfg.BATCH_SIZE == 1
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(SystemExit, match=r"cut\.h5 .*truncated"):
+        ev.resolve_weights(str(cut), str(tmp_path / "logs"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit, match=r"--out folder .*cannot be created"):
+        ev.main(["--dataset=synthetic", "--weights=none", f"--out={tmp_path / 'a_file' / 'o'}"])
+
+
+def test_config_with_a_callable_backbone_is_a_clear_error(ev, tmp_path):
+    from mrcnn_nuclei.config import ConfigError, NucleusConfig
+
+    def my_backbone(image, stage5=True, train_bn=None):
+        raise NotImplementedError
+
+    weights = tmp_path / "mask_rcnn_custom_0001.weights.h5"
+    weights.write_bytes(b"")
+    type("Custom", (NucleusConfig,), {"BACKBONE": staticmethod(my_backbone)})().save_json(
+        tmp_path / "config.json")
+    with pytest.raises(ConfigError, match=r"BACKBONE = .*my_backbone is a function"):
+        ev.inference_config(str(weights))

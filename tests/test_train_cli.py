@@ -109,3 +109,84 @@ def test_tiny_synthetic_train_then_detect_last(tmp_path):
     assert rows[0] == ["ImageId", "EncodedPixels"]
     assert {r[0] for r in rows[1:]} == {"0", "1"}
     assert "2 images" in detect.stdout
+
+
+# ------------------------------------------------------------------ checks before the slow build
+@pytest.fixture
+def no_build(monkeypatch):
+    """MaskRCNN replaced: a test fails if the CLI builds a model before its checks."""
+    import mrcnn_nuclei.model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built before the check failed")
+
+    monkeypatch.setattr(mrcnn_nuclei.model, "MaskRCNN", refuse)
+
+
+def _native_file(path):
+    """A minimal Keras-3-layout weights file (enough for the cheap check)."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_group("layers")
+    return path
+
+
+def test_truncated_weights_fail_before_the_build(tmp_path, no_build):
+    good = _native_file(tmp_path / "w.weights.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[:300])
+    for command in ("train", "detect"):
+        with pytest.raises(SystemExit, match=r"cut\.h5 .*truncated or damaged"):
+            cli.main([command, "--dataset=synthetic", f"--weights={cut}", "--logs",
+                      str(tmp_path / "logs")])
+
+
+def test_unwritable_logs_fail_before_the_build(tmp_path, no_build):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit, match=r"--logs folder .*a_file/logs cannot be created"):
+        cli.main(["train", "--dataset=synthetic", "--weights=none", "--logs",
+                  str(tmp_path / "a_file" / "logs")])
+
+
+def test_resuming_a_finished_run_says_what_to_pass(tmp_path, no_build, capsys):
+    logs = tmp_path / "logs"
+    ckpt = _native_file(logs / "synthetic_nuclei20260101T120000" /
+                        "mask_rcnn_synthetic_nuclei_0006.weights.h5")
+    for weights in ("last", str(ckpt)):
+        with pytest.raises(SystemExit) as err:
+            cli.main(["train", "--dataset=synthetic", f"--weights={weights}", "--epochs=1,6",
+                      "--logs", str(logs)])
+        msg = str(err.value)
+        assert err.value.code not in (0, None)           # a failure exit status, not 0
+        assert "nothing to train" in msg and str(ckpt) in msg and "epoch 6" in msg
+        assert "--epochs=7,12" in msg
+    assert "Trained to epoch" not in capsys.readouterr().out
+
+
+def test_detect_refuses_partial_weights_unless_asked(tmp_path, monkeypatch):
+    import mrcnn_nuclei.model
+    from mrcnn_nuclei.weights import PartialWeightsError
+
+    seen = []
+
+    class FakeModel:  # stands for a ResNet-34 model given a ResNet-18 file
+        def __init__(self, mode, config, model_dir):
+            self.mode = mode
+
+        def load_weights(self, path, by_name=False, exclude=None, allow_partial=None):
+            seen.append(allow_partial)
+            if not allow_partial:
+                raise PartialWeightsError(f"{path} leaves 32 of the model's layers unfilled")
+            raise RuntimeError("stop here: loaded")
+
+    monkeypatch.setattr(mrcnn_nuclei.model, "MaskRCNN", FakeModel)
+    w = _native_file(tmp_path / "r18.weights.h5")
+    args = ["detect", "--dataset=synthetic", f"--weights={w}", "--limit=1", "--backbone=resnet34",
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="unfilled"):
+        cli.main(args)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(args + ["--allow-partial-weights"])
+    assert seen == [False, True]

@@ -506,3 +506,23 @@ def test_native_whole_load_with_auto_generated_names_uses_structure(tmp_path):
     W.load_weights(b, path)
     for va, vb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(va.numpy(), vb.numpy())
+
+
+def test_truncated_file_is_one_clear_error_naming_it(tmp_path):
+    """A half-downloaded / half-written file fails in the cheap check (no model needed) with the
+    file named, and load_weights says the same instead of a raw h5py traceback."""
+    model = build_standin(NATIVE_NAMES)
+    path = W.save_weights(model, tmp_path / "a.weights.h5")
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.weights.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.weights\.h5 .*truncated or damaged.*download it "
+                                         r"again, or use an earlier checkpoint"):
+        W.check_weights_file(cut)
+    with pytest.raises(ValueError, match=r"cut\.weights\.h5 .*truncated"):
+        W.load_weights(model, cut, by_name=True)
+    with pytest.raises(ValueError, match=r"cut\.weights\.h5 .*truncated"):
+        W.resolve_weights_arg(str(cut))
+    assert W.check_weights_file(path) == "native"
+    with pytest.raises(ValueError, match="is a folder"):
+        W.check_weights_file(tmp_path)

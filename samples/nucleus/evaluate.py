@@ -7,11 +7,17 @@ Usage::
     python samples/nucleus/evaluate.py --dataset=synthetic --subset=val --weights=none \\
         --logs=logs --out=eval_smoke --limit 4
 
-``--weights``: a weights file, ``last`` (newest checkpoint under ``--logs``, as Matterport) or
-``none`` (random initialisation; only for smoke tests).  A config JSON beside the weights (same
-stem + ``.json``, or ``config.json`` in the weights folder) overrides
+``--weights``: a weights file, ``last`` (newest checkpoint under ``--logs``, of a run of any config
+NAME) or ``none`` (random initialisation; only for smoke tests).  A config JSON beside the weights
+(same stem + ``.json``, or ``config.json`` in the weights folder) overrides
 ``NucleusInferenceConfig``; inference settings (one image per batch, ``pad64`` instead of the
-training ``crop``) are then forced.
+training ``crop``) are then forced.  A weights file that leaves layers of the model unfilled
+(e.g. a ResNet-18 checkpoint with a ResNet-34 config) is an error naming them unless
+``--allow-partial-weights`` is given.  The weights file and ``--out`` are checked before the
+model is built.
+
+Images without nuclei (an empty ``masks/`` folder in the DSB layout) are scored: an empty
+prediction scores 1.0 in every metric (DSB, AJI, F1, PQ ...), any prediction 0.0.
 
 Outputs in ``--out``: ``per_image.csv`` (one row per image, every metric of
 ``mrcnn_nuclei.metrics.evaluate_all``), ``summary.json`` (means, COCO mask AP over the subset,
@@ -33,9 +39,7 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
-import types
 
 import numpy as np
 
@@ -44,6 +48,7 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 from mrcnn_nuclei import export, metrics, postprocess  # noqa: E402
+from mrcnn_nuclei.fileio import atomic_write_text  # noqa: E402
 
 #: Per-image metrics shown in the table (keys of metrics.evaluate_all).
 METRICS = ["dsb", "aji", "aji_plus", "pq", "dq", "sq", "dice", "matched_iou", "f1", "precision",
@@ -94,12 +99,7 @@ def _safe_name(name):
 
 
 def _atomic_text(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return atomic_write_text(path, text, newline="")
 
 
 def _nanmean(values):
@@ -254,9 +254,8 @@ def inference_config(weights_path=None):
                       os.path.join(os.path.dirname(os.path.abspath(weights_path)), "config.json")]
     for path in candidates:
         if os.path.exists(path):
-            with open(path) as f:
-                data = json.load(f)
-            values = dict(data.get("values", data))
+            # read_json: a clear ConfigError for a config saved with a callable BACKBONE
+            values = dict(NucleusInferenceConfig.read_json(path))
             values.update(GPU_COUNT=1, IMAGES_PER_GPU=1)
             if values.get("IMAGE_RESIZE_MODE") == "crop":
                 values["IMAGE_RESIZE_MODE"] = "pad64"
@@ -265,28 +264,43 @@ def inference_config(weights_path=None):
     return NucleusInferenceConfig()
 
 
-def build_model(weights, logs):
-    """MaskRCNN in inference mode with ``weights`` (path, ``last`` or ``none``)."""
-    from mrcnn_nuclei.model import MaskRCNN
+def resolve_weights(weights, logs):
+    """Weights path for ``--weights`` (file, ``last`` or ``none`` -> None), checked cheaply
+    (missing, truncated or foreign file) before any model is built; SystemExit otherwise."""
+    from mrcnn_nuclei.model import find_last_checkpoint
+    from mrcnn_nuclei.weights import check_weights_file
 
-    if weights not in ("last", "none") and not os.path.exists(weights):
-        raise SystemExit(f"--weights={weights}: file not found (give a weights file, 'last' for "
-                         f"the newest checkpoint under --logs, or 'none')")
-    path = None
+    if weights == "none":
+        return None
     if weights == "last":
-        # find_last only needs config.NAME and model_dir: ask it without building a model
-        probe = types.SimpleNamespace(config=inference_config(), model_dir=os.fspath(logs))
-        try:
-            path = MaskRCNN.find_last(probe)
+        try:  # runs of any config NAME: the config beside the checkpoint says which
+            path = find_last_checkpoint(logs, None)
         except FileNotFoundError as e:
             raise SystemExit(f"--weights=last: {e}") from None
-    elif weights != "none":
+    else:
         path = weights
+        if not os.path.exists(path):
+            raise SystemExit(f"--weights={weights}: file not found (give a weights file, 'last' "
+                             "for the newest checkpoint under --logs, or 'none')")
+    try:
+        check_weights_file(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--weights={weights}: {e}") from None
+    return path
+
+
+def build_model(weights, logs, allow_partial=False):
+    """MaskRCNN in inference mode with ``weights`` (path, ``last`` or ``none``).
+
+    allow_partial: accept a file that leaves layers unfilled (else PartialWeightsError)."""
+    from mrcnn_nuclei.model import MaskRCNN
+
+    path = resolve_weights(weights, logs)
     config = inference_config(path)
     model = MaskRCNN(mode="inference", config=config, model_dir=logs)
     if path:
         print(f"weights: {path}")
-        model.load_weights(path, by_name=True)
+        model.load_weights(path, by_name=True, allow_partial=allow_partial)
     return model
 
 
@@ -304,7 +318,7 @@ def build_dataset(dataset, subset, limit=None, seed=1000):
             raise SystemExit(f"--dataset={dataset}: not a folder (give the DSB folder holding "
                              "stage1_train/ and val_ids.txt, or 'synthetic')")
         ds = DSBDataset()
-        ds.load(dataset, subset=subset)
+        ds.load(dataset, subset=subset, keep_empty=True)  # images with no nuclei are scored
     ds.prepare()
     ids = list(ds.image_ids)
     return ds, ids[:limit] if limit else ids
@@ -324,10 +338,21 @@ def main(argv=None):
     ap.add_argument("--min-size", type=int, default=0, help="drop nuclei below N pixels")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--coco-backend", default="pycocotools", choices=["pycocotools", "numpy"])
+    ap.add_argument("--allow-partial-weights", action="store_true",
+                    help="accept a weights file that leaves layers of the model unfilled (random)")
     ap.add_argument("--verbose", type=int, default=1)
     args = ap.parse_args(argv)
-    dataset, ids = build_dataset(args.dataset, args.subset, args.limit)
-    model = build_model(args.weights, args.logs)
+    from mrcnn_nuclei.fileio import check_writable_dir
+
+    try:
+        check_writable_dir(args.out, "--out folder")
+        resolve_weights(args.weights, args.logs)  # fails fast, before the datasets and model
+        dataset, ids = build_dataset(args.dataset, args.subset, args.limit)
+        model = build_model(args.weights, args.logs, allow_partial=args.allow_partial_weights)
+    except (OSError, ValueError) as err:
+        if args.verbose > 1:
+            raise
+        raise SystemExit(f"error: {err}") from None
     return evaluate_dataset(model, dataset, ids, args.out, overlays=args.overlays,
                             min_size=args.min_size, fill_holes=args.fill_holes,
                             coco_backend=args.coco_backend, verbose=args.verbose)

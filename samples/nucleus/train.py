@@ -173,16 +173,41 @@ def _loss_recorder():
     return LossRecorder()
 
 
+def check_before_build(args, config, schedule=None):
+    """Checks that need no model, so that they fail before the slow build: the weights file
+    (missing, truncated, not a weights file; ``last`` resolved in ``--logs`` for this config's
+    NAME) and, for training, a writable ``--logs`` folder and a schedule that trains past the
+    checkpoint's epoch.  Returns the weights path (None for ``none``); raises SystemExit,
+    OSError or ValueError with the message to show."""
+    from mrcnn_nuclei import weights
+    from mrcnn_nuclei.fileio import check_writable_dir
+    from mrcnn_nuclei.model import checkpoint_epoch
+
+    path = weights.resolve_weights_arg(args.weights, model_dir=args.logs, name=config.NAME)
+    if schedule is None:
+        return path
+    check_writable_dir(args.logs, "--logs folder")
+    done = checkpoint_epoch(path) if path else 0
+    last = schedule[-1].epochs_total
+    if done >= last:
+        totals = ",".join(str(done + s.epochs_total) for s in schedule)
+        raise SystemExit(
+            f"error: nothing to train: --weights={args.weights} is the checkpoint {path} of epoch "
+            f"{done} and the schedule ends at epoch {last} (--epochs are totals counted from the "
+            f"start, as Matterport's). Pass --epochs with a last total above {done} to continue "
+            f"(e.g. --epochs={totals}), or start from other weights.")
+    return path
+
+
 def cmd_train(args):
     """Train with the staged schedule; returns the loss recorder's epochs [(epoch, logs)]."""
     from mrcnn_nuclei import schedules, weights
     from mrcnn_nuclei.model import MaskRCNN
 
-    if args.weights.lower() != "last":
-        weights.resolve_weights_arg(args.weights)  # a missing file fails before the slow build
     config = make_config(args, inference=False)
     epochs = args.epochs or (SYNTHETIC_DEFAULT_EPOCHS if args.dataset == "synthetic" else None)
     schedule = schedules.build_schedule(args.schedule, epochs=epochs)
+    check_before_build(args, config, schedule)
     if args.verbose > 1:
         config.display()
     train_ds = load_dataset(args, args.subset)
@@ -190,7 +215,7 @@ def cmd_train(args):
     val_ds = load_dataset(args, val_subset) if args.dataset == "synthetic" or \
         args.subset == "train" else None
     model = MaskRCNN("training", config, model_dir=args.logs)
-    path, report = weights.load_start_weights(model, args.weights)
+    path, report = weights.load_start_weights(model, args.weights, allow_partial=True)
     print(f"Weights: {path or 'none (random init)'}")
     if report is not None:
         print(report)
@@ -209,8 +234,9 @@ def cmd_train(args):
         for epoch, logs in recorder.epochs:
             print(f"{epoch:5d}  {logs.get('loss', float('nan')):8.4f}  " +
                   "  ".join(f"{logs.get(k, float('nan')):10.4f}" for k in _LOSSES))
-    print(f"Trained to epoch {model.epoch} in {time.time() - start:.0f} s; checkpoints in "
-          f"{model.log_dir}")
+    where = (f"checkpoints in {model.log_dir}" if os.path.isdir(model.log_dir)
+             else "no checkpoint written")
+    print(f"Trained to epoch {model.epoch} in {time.time() - start:.0f} s; {where}")
     return recorder.epochs
 
 
@@ -269,12 +295,12 @@ def cmd_detect(args):
     from mrcnn_nuclei import weights
     from mrcnn_nuclei.model import MaskRCNN
 
-    if args.weights.lower() != "last":
-        weights.resolve_weights_arg(args.weights)
     config = make_config(args, inference=True)
+    check_before_build(args, config)
     dataset = load_dataset(args, args.subset)
     model = MaskRCNN("inference", config, model_dir=args.logs)
-    path, report = weights.load_start_weights(model, args.weights)
+    path, report = weights.load_start_weights(model, args.weights,
+                                              allow_partial=args.allow_partial_weights)
     print(f"Weights: {path or 'none (random init)'}")
     out_dir = args.out or os.path.join(
         DEFAULT_RESULTS, f"submit_{datetime.datetime.now():%Y%m%dT%H%M%S}")
@@ -347,6 +373,10 @@ def build_parser():
                         help="synthetic training images (held-out sets get N/4)")
         sp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use only the first N images of the subset")
+        sp.add_argument("--allow-partial-weights", action="store_true",
+                        help="detect: accept a weights file that leaves layers of the model "
+                             "unfilled (random); without it that is an error naming them "
+                             "(training always accepts and reports them)")
         sp.add_argument("-v", "--verbose", action="count", default=1)
 
     t = sub.add_parser("train", help="train with a staged schedule")
@@ -385,7 +415,7 @@ def main(argv=None):
         if args.command == "train":
             return cmd_train(args)
         return cmd_detect(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         if args.verbose > 1:
             raise
         raise SystemExit(f"error: {err}\n(run with -vv for the traceback)") from None
