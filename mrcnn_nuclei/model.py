@@ -558,29 +558,10 @@ class MaskRCNN:
     # -------------------------------------------------------------------------------- inference
     def mold_inputs(self, images):
         """List of images -> (molded [N, H, W, C] float32 list, image_metas [N, META], windows).
+        See :func:`mrcnn_nuclei.molding.mold_inputs` (config.RESIZE_SEMANTICS applies)."""
+        from .molding import mold_inputs
 
-        Each image goes through data.convert.to_uint8 (grey, RGBA, 16-bit, float), the
-        configured resize, and mold_image. Shapes may differ between images (pad64)."""
-        from .data.convert import to_uint8
-        from .data.image_ops import compose_image_meta, mold_image, resize_image
-
-        c = self.config
-        molded, metas, windows = [], [], []
-        for i, image in enumerate(images):
-            try:
-                img = to_uint8(np.asarray(image), int(c.IMAGE_CHANNEL_COUNT))
-            except Exception as err:  # name the offending image
-                raise ValueError(f"detect(): image #{i} (shape {np.shape(image)}, dtype "
-                                 f"{np.asarray(image).dtype}) cannot be converted: {err}") from err
-            mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
-            out, window, scale, _, _ = resize_image(img, min_dim=c.IMAGE_MIN_DIM,
-                                                    min_scale=c.IMAGE_MIN_SCALE,
-                                                    max_dim=c.IMAGE_MAX_DIM, mode=mode)
-            molded.append(mold_image(out, c))
-            metas.append(compose_image_meta(0, img.shape, out.shape, window, scale,
-                                            np.zeros([c.NUM_CLASSES], np.int32)))
-            windows.append(window)
-        return molded, np.stack(metas), windows
+        return mold_inputs(images, self.config)
 
     def _run(self, molded, metas, verbose=0):
         """Run the inference graph on molded images grouped by shape, BATCH_SIZE at a time.
@@ -614,34 +595,12 @@ class MaskRCNN:
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window, soft=False):
         """One image's graph outputs -> (rois [N,4] int32, class_ids [N] int32, scores [N]
-        float32, masks [H,W,N] bool, soft masks [H,W,N] float32 or None) at the original size."""
-        from .data.image_ops import denorm_boxes, unmold_mask
+        float32, masks [H,W,N] bool, soft masks [H,W,N] float32 or None) at the original size.
+        See :func:`mrcnn_nuclei.molding.unmold_detections`."""
+        from .molding import unmold_detections
 
-        n = int(np.sum(detections[:, 4] > 0))
-        det = detections[:n]
-        class_ids = det[:, 4].astype(np.int32)
-        scores = det[:, 5].astype(np.float32)
-        masks = mrcnn_mask[np.arange(n), :, :, class_ids] if n else \
-            np.zeros((0,) + mrcnn_mask.shape[1:3], np.float32)
-        h, w = image_shape[:2]
-        wy1, wx1, wy2, wx2 = (np.asarray(window, np.float64) - [0, 0, 1, 1]) / [h - 1, w - 1,
-                                                                               h - 1, w - 1]
-        shift = np.array([wy1, wx1, wy1, wx1])
-        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        boxes = (det[:, :4] - shift) / scale
-        boxes = np.asarray(denorm_boxes(boxes, original_image_shape[:2]), np.int32).reshape(-1, 4)
-        oh, ow = original_image_shape[:2]
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, oh)
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, ow)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-        full = np.zeros((oh, ow, len(boxes)), bool)
-        softs = np.zeros((oh, ow, len(boxes)), np.float32) if soft else None
-        for k in range(len(boxes)):  # one resize per instance (cost ~ box area)
-            full[:, :, k] = unmold_mask(masks[k], boxes[k], (oh, ow))
-            if soft:
-                softs[:, :, k] = _paste_soft(masks[k], boxes[k], (oh, ow))
-        return boxes, class_ids, scores, full, softs
+        return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
+                                 window, self.config, soft=soft)
 
     def _detect(self, images, soft, verbose):
         images = list(images)
@@ -693,25 +652,3 @@ class MaskRCNN:
     def ancestor(self, tensor, name, checked=None):  # pragma: no cover - Matterport debugging aid
         raise NotImplementedError("ancestor() is a TF1 graph helper; use keras_model.get_layer")
 
-
-def _paste_soft(mask, box, shape):
-    """Bilinear resize of mask [h, w] into pixel box (y1, x1, y2, x2) of a zero image [H, W]."""
-    y1, x1, y2, x2 = (int(v) for v in box)
-    out = np.zeros(shape[:2], np.float32)
-    bh, bw = y2 - y1, x2 - x1
-    if bh <= 0 or bw <= 0:
-        return out
-    mh, mw = mask.shape
-    ys = np.clip((np.arange(bh) + 0.5) * mh / bh - 0.5, 0, mh - 1)
-    xs = np.clip((np.arange(bw) + 0.5) * mw / bw - 0.5, 0, mw - 1)
-    y0 = np.floor(ys).astype(int)
-    x0 = np.floor(xs).astype(int)
-    y1i = np.minimum(y0 + 1, mh - 1)
-    x1i = np.minimum(x0 + 1, mw - 1)
-    fy = (ys - y0)[:, None]
-    fx = (xs - x0)[None, :]
-    m = np.asarray(mask, np.float32)
-    top = m[y0][:, x0] * (1 - fx) + m[y0][:, x1i] * fx
-    bot = m[y1i][:, x0] * (1 - fx) + m[y1i][:, x1i] * fx
-    out[y1:y2, x1:x2] = top * (1 - fy) + bot * fy
-    return out

@@ -33,10 +33,18 @@ def _disk_masks(h, w, centres, radius):
     ("crop", (100, 130), dict(min_dim=64), (64, 64)),
     ("crop", (256, 320), dict(min_dim=512, min_scale=2.0), (512, 512)),
 ])
-def test_resize_image_modes_shapes_and_window(mode, hw, kw, expected):
+@pytest.mark.parametrize("semantics", ["matterport", "project"])
+def test_resize_image_modes_shapes_and_window(mode, hw, kw, expected, semantics):
     image = _image(*hw)
-    out, window, scale, padding, crop = IO.resize_image(image, mode=mode,
+    out, window, scale, padding, crop = IO.resize_image(image, mode=mode, semantics=semantics,
                                                         rng=np.random.default_rng(3), **kw)
+    if semantics == "project":
+        resized = IO.resize
+    else:  # Matterport: utils.resize (cval-0 borders), then astype(uint8) truncates
+        def resized(img, shape):
+            return skimage.transform.resize(img, shape, order=1, mode="constant", cval=0,
+                                            clip=True, preserve_range=True,
+                                            anti_aliasing=False).astype(img.dtype)
     assert out.shape == expected + (3,) and out.dtype == np.uint8
     y1, x1, y2, x2 = window
     sh, sw = round(hw[0] * scale), round(hw[1] * scale)
@@ -44,7 +52,7 @@ def test_resize_image_modes_shapes_and_window(mode, hw, kw, expected):
         assert window == (0, 0) + expected and crop is not None
         cy, cx, ch, cw = crop
         assert (ch, cw) == expected and 0 <= cy <= sh - ch and 0 <= cx <= sw - cw
-        full = IO.resize(image, (sh, sw))
+        full = resized(image, (sh, sw))
         np.testing.assert_array_equal(out, full[cy:cy + ch, cx:cx + cw])
     else:
         assert crop is None
@@ -52,7 +60,7 @@ def test_resize_image_modes_shapes_and_window(mode, hw, kw, expected):
         assert padding[0] == (y1, expected[0] - y2) and padding[1] == (x1, expected[1] - x2)
         # outside the window is zero padding, inside is the resized image
         assert out[:y1].sum() == 0 and out[y2:].sum() == 0 and out[:, :x1].sum() == 0
-        np.testing.assert_array_equal(out[y1:y2, x1:x2], IO.resize(image, (sh, sw)))
+        np.testing.assert_array_equal(out[y1:y2, x1:x2], resized(image, (sh, sw)))
     if mode == "pad64":
         assert out.shape[0] % 64 == 0 and out.shape[1] % 64 == 0
     if mode == "square":
@@ -269,3 +277,81 @@ def test_minimize_mask_on_non_contiguous_stack_equals_contiguous():
     boxes = IO.extract_bboxes(view)
     np.testing.assert_array_equal(IO.minimize_mask(boxes, view, (14, 14)),
                                   IO.minimize_mask(boxes, np.ascontiguousarray(view), (14, 14)))
+
+
+# ------------------------------------------------------------------------ Matterport semantics
+def _sk_resize(img, shape):
+    """Matterport's utils.resize: skimage order 1, cval-0 borders, clipped, no anti-aliasing."""
+    return skimage.transform.resize(img, shape, order=1, mode="constant", cval=0, clip=True,
+                                    preserve_range=True, anti_aliasing=False)
+
+
+def test_resize_linear_is_skimage_bit_for_bit():
+    rng = np.random.default_rng(21)
+    for it in range(60):
+        h, w = rng.integers(1, 30, 2)
+        oh, ow = rng.integers(1, 70, 2)
+        img = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8),
+               np.full((h, w), 9, np.uint8),  # min > 0: the clip lifts the dark border
+               rng.random((h, w)).astype(np.float32),
+               (rng.random((h, w)) > 0.3).astype(np.float64)][it % 4]
+        ref = _sk_resize(img, (oh, ow))
+        got = IO.resize_linear(img, (oh, ow))
+        assert got.dtype == ref.dtype
+        np.testing.assert_array_equal(got, ref)
+        y, x = int(rng.integers(0, oh)), int(rng.integers(0, ow))
+        part = IO.resize_linear(img, (oh, ow), rows=(y, oh - y), cols=(x, ow - x))
+        np.testing.assert_array_equal(part, ref[y:, x:])
+
+
+def test_matterport_mask_functions_equal_per_instance_reference():
+    rng = np.random.default_rng(22)
+    h, w, n = 70, 90, 12
+    centres = [(rng.integers(0, h), rng.integers(0, w)) for _ in range(n)]
+    masks = _disk_masks(h, w, centres, rng.integers(2, 30, n))
+    masks[5:9, 5:80, 0] = True          # elongated: one axis shrunk, the other grown
+    masks[..., 1] = False
+    masks[40:44, 60:66, 1] = True       # a full rectangle: the clip makes its mini-mask all ones
+    boxes = IO.extract_bboxes(masks)
+    for shape in [(28, 28), (8, 12)]:
+        mini = IO.minimize_mask(boxes, masks, shape)
+        ref = np.stack([np.around(_sk_resize(masks[y1:y2, x1:x2, k].astype(float), shape))
+                        .astype(bool) for k, (y1, x1, y2, x2) in enumerate(boxes)], -1)
+        np.testing.assert_array_equal(mini, ref)
+        np.testing.assert_array_equal(
+            IO.packed_minimize_mask(boxes, np.packbits(masks, axis=-1), np.arange(n), shape), ref)
+        back = IO.expand_mask(boxes, mini, (h, w))
+        ref_back = np.zeros_like(masks)
+        for k, (y1, x1, y2, x2) in enumerate(boxes):
+            ref_back[y1:y2, x1:x2, k] = np.around(_sk_resize(mini[..., k].astype(float),
+                                                             (y2 - y1, x2 - x1))).astype(bool)
+        np.testing.assert_array_equal(back, ref_back)
+    assert IO.minimize_mask(boxes, masks, (28, 28))[..., 1].all()
+    soft = rng.random((n, 28, 28)).astype(np.float32)
+    soft[3] = 0.6 + 0.3 * soft[3]  # min > 0.5: the clip keeps the border inside the mask
+    hard, values = IO.paste_masks(soft, boxes, (h, w), soft=True)
+    for k, (y1, x1, y2, x2) in enumerate(boxes):
+        ref = np.zeros((h, w), bool)
+        ref[y1:y2, x1:x2] = _sk_resize(soft[k], (y2 - y1, x2 - x1)) >= 0.5
+        np.testing.assert_array_equal(hard[..., k], ref)
+        np.testing.assert_array_equal(IO.unmold_mask(soft[k], boxes[k], (h, w)), ref)
+    np.testing.assert_array_equal(hard, values >= 0.5)
+    assert hard[..., 3].sum() == np.prod(boxes[3, 2:] - boxes[3, :2])
+
+
+def test_resize_mask_matterport_is_ndimage_zoom_and_project_differs():
+    masks = _disk_masks(37, 53, [(10, 12), (25, 40)], [7, 11])
+    for scale in (0.55, 1.6, 2.0, 2.37):
+        ref = ndi.zoom(masks, [scale, scale, 1], order=0)
+        np.testing.assert_array_equal(IO.resize_mask(masks, scale, [(0, 0)] * 3), ref)
+        packed = IO.resize_mask(np.packbits(masks, axis=-1), scale, [(0, 0)] * 3)
+        np.testing.assert_array_equal(np.unpackbits(packed, axis=-1, count=2).astype(bool), ref)
+    proj = IO.resize_mask(masks, 1.6, [(0, 0)] * 3, semantics="project")
+    assert (proj != ndi.zoom(masks, [1.6, 1.6, 1], order=0)).any()
+
+
+def test_semantics_are_validated():
+    with pytest.raises(ValueError, match="RESIZE_SEMANTICS"):
+        IO.resize_image(_image(10, 10), mode="none", semantics="skimage")
+    with pytest.raises(ValueError, match="semantics"):
+        IO.minimize_mask(np.zeros((0, 4)), np.zeros((4, 4, 0), bool), (4, 4), semantics="x")

@@ -113,8 +113,10 @@ def test_detect_converts_inputs_as_documented(infer_model):
     y1, x1, y2, x2 = windows[0]
     # pad64: zero-padded to multiples of 64, pixels unchanged (no scaling above IMAGE_MIN_DIM)
     assert (y2 - y1, x2 - x1) == (97, 83)
-    mean = np.asarray(infer_model.config.MEAN_PIXEL, np.float32)
-    np.testing.assert_array_equal(images[0][y1:y2, x1:x2], odd.astype(np.float32) - mean)
+    # molded as Matterport's mold_image: minus the float64 MEAN_PIXEL, as float32
+    mean = np.asarray(infer_model.config.MEAN_PIXEL, np.float64)
+    np.testing.assert_array_equal(images[0][y1:y2, x1:x2],
+                                  (odd.astype(np.float32) - mean).astype(np.float32))
 
 
 def test_load_weights_missing_file_says_where_to_get_it(infer_model, tmp_path):

@@ -24,7 +24,9 @@ Speed (measured by benchmarks/data_pipeline.py):
   for GT_OVERFLOW "largest");
 * in crop mode only the crop's pixels are computed (image: its source region is resized; masks:
   its rows and columns are gathered).  Masks come out identical to resize_image/resize_mask on
-  the whole image, images within +-1 grey level (float32 arithmetic; tests/test_loader.py);
+  the whole image; images too with ``RESIZE_SEMANTICS = "matterport"`` (the same float64
+  arithmetic), within +-1 grey level with "project" (float32 arithmetic; tests/test_loader.py);
+* ``config.RESIZE_SEMANTICS`` is passed to every resize and mini-mask call;
 * RPN targets enumerate only intersecting (anchor, box) pairs on the anchor grids;
 * ``cache=True`` keeps decoded images and packed masks for later epochs.
 """
@@ -94,9 +96,11 @@ def _resize_and_crop(image, config, rng):
     """resize_image() for config's mode; in crop mode only the needed region is resized (the same
     pixels as resizing everything, within +-1 grey level, since the bilinear map is local)."""
     mode = config.IMAGE_RESIZE_MODE
+    semantics = config.RESIZE_SEMANTICS
     if mode != "crop":
         return IO.resize_image(image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
-                               min_scale=config.IMAGE_MIN_SCALE, mode=mode, rng=rng), None
+                               min_scale=config.IMAGE_MIN_SCALE, mode=mode, rng=rng,
+                               semantics=semantics), None
     h, w = image.shape[:2]
     d = int(config.IMAGE_MIN_DIM)
     scale = max(1.0, d / min(h, w))
@@ -105,12 +109,16 @@ def _resize_and_crop(image, config, rng):
     nh, nw = int(round(h * scale)), int(round(w * scale))
     if nh < d or nw < d or scale == 1:
         return IO.resize_image(image, min_dim=d, max_dim=config.IMAGE_MAX_DIM,
-                               min_scale=config.IMAGE_MIN_SCALE, mode="crop", rng=rng), None
+                               min_scale=config.IMAGE_MIN_SCALE, mode="crop", rng=rng,
+                               semantics=semantics), None
     y = int(rng.integers(0, nh - d + 1))
     x = int(rng.integers(0, nw - d + 1))
     ylo, yhi = _crop_region(h, nh, y, d)
     xlo, xhi = _crop_region(w, nw, x, d)
-    out = _resize_window(image, (nh, nw), (y, x, d, d), (ylo, yhi, xlo, xhi))
+    if semantics == "matterport":  # the crop's window of Matterport's resize, bit for bit
+        out = IO.resize_linear(image, (nh, nw), rows=(y, d), cols=(x, d)).astype(image.dtype)
+    else:
+        out = _resize_window(image, (nh, nw), (y, x, d, d), (ylo, yhi, xlo, xhi))
     window = (0, 0, d, d)
     padding = [(0, 0), (0, 0), (0, 0)]
     return (out, window, scale, padding, (y, x, d, d)), (ylo, yhi, xlo, xhi)
@@ -215,7 +223,7 @@ def _load_image_gt(dataset, config, image_id, augmentation, rng, cache=None):
     (image, window, scale, padding, crop), _ = _resize_and_crop(image, config, rng)
     # nearest-neighbour resize/crop of 8 instances per byte; in crop mode only the crop's rows
     # and columns are gathered
-    packed = IO.resize_mask(packed, scale, padding, crop)
+    packed = IO.resize_mask(packed, scale, padding, crop, semantics=config.RESIZE_SEMANTICS)
     if packed.shape[:2] != image.shape[:2]:
         raise AssertionError("resized masks and image disagree in shape")
     if augmentation is not None:
@@ -241,7 +249,8 @@ def _load_image_gt(dataset, config, image_id, augmentation, rng, cache=None):
 
 def _gt_masks(config, packed, n, channels, bbox):
     if config.USE_MINI_MASK:
-        return IO.packed_minimize_mask(bbox, packed, channels, config.MINI_MASK_SHAPE)
+        return IO.packed_minimize_mask(bbox, packed, channels, config.MINI_MASK_SHAPE,
+                                       semantics=config.RESIZE_SEMANTICS)
     return IO.packed_unpack(packed, channels, n)
 
 
