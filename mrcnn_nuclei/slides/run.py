@@ -111,7 +111,7 @@ class _Run:
     """State of one slide's run (paths, manifest, journal, writers)."""
 
     def __init__(self, slide, out, spec, tile, overlap, level, mpp, base_mpp, use_tissue,
-                 min_area, tolerance, overwrite):
+                 min_area, tolerance, overwrite, max_tiles=None):
         self.reader = SlideReader(slide, level=level, mpp=mpp, base_mpp=base_mpp)
         self.spec = spec
         self.stem = slide_stem(slide)
@@ -127,6 +127,8 @@ class _Run:
             self.todo = tiles_with_tissue(self.all_tiles, mask, scale)
         else:
             self.todo = list(self.all_tiles)
+        if max_tiles is not None:  # a trial / benchmark: the first tiles with tissue only
+            self.todo = self.todo[:int(max_tiles)]
         st = os.stat(self.reader.path)
         self.manifest = {
             "format": FORMAT_VERSION, "slide": self.reader.path, "slide_bytes": st.st_size,
@@ -281,6 +283,9 @@ def _summary(run, stats, wall, cluster_s, slots):
     task_total = sum(sum(t.values()) for t in times)
     mean = {k: round(sum(t[k] for t in times) / n, 4) for k in ("read", "detect", "measure")}
     mean["write"] = round(stats["write_s"] / max(1, stats["assembled"]), 4)
+    median = {k: round(float(np.median([t[k] for t in times])), 4) if times else None
+              for k in ("read", "detect", "measure")}
+    load = [t["load"] for t in times if t.get("load", 0) > 1e-3]
     grid_mpx = run.reader.shape[0] * run.reader.shape[1] / 1e6
     core_mpx = sum((t["core"][1] - t["core"][0]) * (t["core"][3] - t["core"][2])
                    for t in run.todo) / 1e6
@@ -295,7 +300,8 @@ def _summary(run, stats, wall, cluster_s, slots):
         "grid_mpx": round(grid_mpx, 3), "tissue_mpx": round(core_mpx, 3),
         "mpx_per_s": round(core_mpx / wall, 4) if wall > 0 and stats["ran"] else None,
         "nuclei_per_s": round(nuclei / wall, 2) if wall > 0 and stats["ran"] else None,
-        "mean_tile_s": mean,
+        "mean_tile_s": mean, "median_tile_s": median,
+        "segmenter_load_s": [round(v, 2) for v in load],
         # wall time not explained by the tasks' own work spread over the worker slots
         "scheduling_overhead_s": round(max(0.0, wall - task_total / max(1, slots)
                                            - stats["write_s"]), 3) if stats["ran"] else None,
@@ -414,7 +420,8 @@ def segment_slides(slides, out, weights=None, segmenter="maskrcnn", *, scheduler
                    workers=1, threads=1, processes=True, client=None, tile=1024, overlap=128,
                    level=None, mpp=None, base_mpp=None, tissue=True, min_area=10,
                    class_names=(), min_confidence=None, tolerance=0.5, retries=2,
-                   progress=True, on_tile=None, overwrite=False, keep_tiles=False):
+                   progress=True, on_tile=None, overwrite=False, keep_tiles=False,
+                   max_tiles=None):
     """Segment several slides on one Dask cluster; returns one dict of paths per slide (see
     :func:`segment_slide`)."""
     if isinstance(slides, (str, os.PathLike)):
@@ -423,7 +430,7 @@ def segment_slides(slides, out, weights=None, segmenter="maskrcnn", *, scheduler
         raise ValueError(f"overlap={overlap} must be smaller than tile={tile}")
     spec = make_spec(segmenter, weights, class_names, min_confidence)
     runs = [_Run(s, out, spec, tile, overlap, level, mpp, base_mpp, tissue, min_area, tolerance,
-                 overwrite) for s in slides]
+                 overwrite, max_tiles) for s in slides]
     t0 = time.perf_counter()
     own = client is None
     cluster = None
@@ -452,7 +459,8 @@ def segment_slide(slide, out, weights=None, segmenter="maskrcnn", **kwargs):
     largest nucleus diameter), ``level`` or ``mpp`` (and ``base_mpp`` when the file has no
     resolution), ``tissue`` (skip background tiles), ``min_area`` (working pixels),
     ``class_names``, ``min_confidence``, ``retries``, ``progress``, ``overwrite``,
-    ``keep_tiles``, ``on_tile(done, total)`` (called after each finished tile).
+    ``keep_tiles``, ``on_tile(done, total)`` (called after each finished tile), ``max_tiles``
+    (segment only the first N tiles with tissue: trials and benchmarks).
 
     Returns a dict of paths: ``geojson``, ``table`` (CSV; ``parquet`` too with pyarrow),
     ``labels`` (OME-Zarr), ``summary`` (JSON), ``dir``, plus ``summary_data`` (the summary dict).
