@@ -266,7 +266,7 @@ def test_heads_training_freezes_backbone_and_checkpoints(tmp_path):
     ck1 = os.path.join(model.log_dir, "mask_rcnn_tiny_0001.weights.h5")
     assert os.path.exists(ck1)
     assert os.path.exists(os.path.join(model.log_dir, "config.json"))
-    assert re.fullmatch(r"tiny\d{8}T\d{4}", os.path.basename(model.log_dir))
+    assert re.fullmatch(r"tiny\d{8}T\d{6}", os.path.basename(model.log_dir))  # + seconds
     assert not [f for f in os.listdir(model.log_dir) if f.startswith(".tmp")]
     assert model.find_last() == ck1
     # stage 2: re-compile with a new trainable set; numbering continues (epoch 2)
