@@ -10,7 +10,8 @@ real worker processes and starts its own.
 import glob
 import json
 import os
-import shutil
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -286,23 +287,73 @@ def test_cli_segment_writes_outputs(slide, tmp_path):
     assert not (d / "tiles").exists()
 
 
-@pytest.mark.slow
-def test_worker_peak_memory_does_not_grow_with_slide_size(monuseg_root, tmp_path):
-    from distributed import Client, LocalCluster
+@dataclass(frozen=True)
+class DieOnceSpec(ClassicalSpec):
+    """The classical segmenter, but the worker process dies (os._exit) in its third tile the
+    first time (a marker file records that it happened)."""
 
+    marker: str = ""
+
+    @property
+    def key(self):
+        return ("die-once", self.marker)
+
+    def load(self):
+        seg = super().load()
+        calls = []
+
+        def segment(tile):
+            calls.append(1)
+            if len(calls) == 3 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+            return seg(tile)
+
+        return segment
+
+
+@pytest.fixture(scope="module")
+def process_cluster():
+    """One LocalCluster with a real worker PROCESS (restarted by its nanny when it dies)."""
+    import cloudpickle
+    from distributed import LocalCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        yield cluster
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.slow
+def test_worker_peak_memory_does_not_grow_with_slide_size(monuseg_root, process_cluster,
+                                                          tmp_path):
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     write_pyramid(small, mosaic(monuseg_root, 1, 2))
     write_pyramid(large, mosaic(monuseg_root, 2, 2, start=2))   # twice the area
     peaks = []
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
-        for path in (small, large):
-            r = segment_slide(path, tmp_path / "out", segmenter="classical", client=c,
-                              tile=TILE, overlap=OVERLAP, tissue=False, progress=False)
-            (peak,) = r["summary_data"]["peak_rss_mb_per_worker"].values()
-            peaks.append(peak)
-            assert r["summary_data"]["tiles_run_now"] == len(plan_tiles(
-                r["summary_data"]["grid"], TILE, OVERLAP))
+    for path in (small, large):
+        # by address, as `--scheduler tcp://...` does
+        r = segment_slide(path, tmp_path / "out", segmenter="classical",
+                          scheduler=process_cluster.scheduler_address, tile=TILE,
+                          overlap=OVERLAP, tissue=False, progress=False)
+        (peak,) = r["summary_data"]["peak_rss_mb_per_worker"].values()
+        peaks.append(peak)
+        assert r["summary_data"]["tiles_run_now"] == len(plan_tiles(
+            r["summary_data"]["grid"], TILE, OVERLAP))
     # the worker's high-water mark (ru_maxrss) after the 2x slide stays within the margin
     assert peaks[1] <= peaks[0] * 1.06 + 20, peaks
-    shutil.rmtree(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_worker_dying_mid_tile_loses_only_that_tile(slide, run2, process_cluster, tmp_path):
+    from distributed import Client
+
+    spec = DieOnceSpec(marker=str(tmp_path / "died"))
+    with Client(process_cluster) as c:
+        pids = set(c.run(os.getpid).values())
+        r = segment_slide(slide[0], tmp_path, segmenter=spec, client=c, tile=TILE,
+                          overlap=OVERLAP, min_area=MIN_AREA, progress=False)
+        assert os.path.exists(spec.marker)                      # a worker did die
+        assert set(c.run(os.getpid).values()) != pids           # and was replaced
+    assert outputs_equal(r, run2)

@@ -162,7 +162,7 @@ def class_names_for(spec):
     """Class names for ids 1.. of a spec (reads the config JSON beside Mask R-CNN weights)."""
     if spec.class_names:
         return tuple(spec.class_names)
-    if isinstance(spec, ClassicalSpec):
+    if not isinstance(spec, MaskRCNNSpec):
         return ("nucleus",)
     import json
 
@@ -179,7 +179,11 @@ def class_names_for(spec):
 
 
 def make_spec(segmenter="maskrcnn", weights=None, class_names=(), min_confidence=None):
-    """Spec from command-line style arguments (``segmenter``: "maskrcnn" or "classical")."""
+    """Spec from command-line style arguments (``segmenter``: "maskrcnn" or "classical"), or
+    ``segmenter`` itself when it is already a spec (anything picklable with ``key``,
+    ``describe()``, ``load()`` and ``class_names``: a pluggable segmenter of your own)."""
+    if all(hasattr(segmenter, a) for a in ("key", "describe", "load")):
+        return segmenter
     if segmenter == "classical":
         return ClassicalSpec()
     if segmenter != "maskrcnn":
