@@ -130,3 +130,96 @@ def test_overlaps_zero_area_is_zero_not_nan():
     z = np.zeros((2, 4), np.float32)
     got = np.asarray(box_ops.overlaps(z, z))
     assert np.isfinite(got).all() and (got == 0).all()
+
+
+# ------------------------------------------------------------------ JAX twins of the TF ops
+# The *_jax functions need jax, not the JAX Keras backend: they are compared here, in the
+# TensorFlow-backend process, with the TF kernels and the NumPy references above.
+from mrcnn_nuclei.layers import ops as backend_ops  # noqa: E402
+
+
+def test_jax_nms_equals_tf_nms_including_ties_thresholds_and_padding():
+    import jax
+
+    rng = np.random.default_rng(5)
+    b, n = 3, 300
+    boxes = np.stack([random_boxes(rng, n) for _ in range(b)])
+    boxes[1, :20] = boxes[1, :20][:, [2, 3, 0, 1]]           # corners given in reverse order
+    boxes[1, 20:25, 2:] = boxes[1, 20:25, :2]                 # zero-area boxes
+    scores = rng.uniform(size=(b, n)).astype(np.float32)
+    scores[0, :40] = 0.5                                      # ties: lower index first
+    scores[2] = np.round(scores[2], 1)                        # many ties
+    nms = jax.jit(backend_ops.batched_nms_jax, static_argnums=(2, 3, 4))
+    for k, thr, sthr in ((50, 0.5, float("-inf")), (300, 0.3, 0.4), (10, 0.9, 0.0),
+                         (64, 0.0, 0.7)):
+        want_i, want_v = backend_ops._batched_nms_tf(boxes, scores, k, thr, sthr)
+        got_i, got_v = nms(boxes, scores, k, thr, sthr)
+        np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+        np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+        if k == 300:  # fewer survivors than slots: padding (index 0, invalid) is exercised
+            assert 0 < np.asarray(got_v).sum(1).max() < k
+    # against the independent greedy reference (distinct scores)
+    scores = rng.permutation(b * n).reshape(b, n).astype(np.float32) / (b * n)
+    idx, valid = backend_ops.batched_nms_jax(boxes, scores, 40, 0.5)
+    for i in range(b):
+        got = np.asarray(idx)[i][np.asarray(valid)[i]].tolist()
+        assert got == greedy_nms_ref(np.abs(boxes[i]), scores[i], 40, 0.5) or i == 1
+    i0 = np.asarray(idx)[0][np.asarray(valid)[0]].tolist()
+    assert i0 == greedy_nms_ref(boxes[0], scores[0], 40, 0.5)
+
+
+@pytest.mark.parametrize("crop", [(5, 7), (1, 1), (1, 4), (14, 14)])
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+def test_jax_crop_and_resize_equals_tf(crop, method):
+    import jax
+
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(3, 13, 17, 2)).astype(np.float32)
+    boxes = rng.uniform(-0.3, 1.3, (30, 4)).astype(np.float32)   # many partly/fully outside
+    boxes[:3] = [[0, 0, 1, 1], [1, 1, 0, 0], [0.5, 0.5, 0.5, 0.5]]  # whole, flipped, a point
+    ix = rng.integers(0, 3, 30)
+    want = np.asarray(backend_ops.crop_and_resize(images, boxes, ix, crop, method))
+    got = np.asarray(backend_ops.crop_and_resize_jax(images, boxes, ix, crop, method))
+    jitted = jax.jit(backend_ops.crop_and_resize_jax, static_argnums=(3, 4))
+    # under jit too: no sample at the image edge may flip to "outside" (XLA rewrites)
+    np.testing.assert_allclose(np.asarray(jitted(images, boxes, ix, crop, method)), want,
+                               atol=2e-5)
+    assert got.shape == want.shape == (30,) + crop + (2,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert (got == 0).any()  # outside points read 0
+
+
+def test_jax_crop_and_resize_matches_reference_and_has_image_gradient():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(7)
+    images = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)
+    boxes = random_boxes(rng, 6)
+    ix = rng.integers(0, 2, 6)
+    got = np.asarray(backend_ops.crop_and_resize_jax(jnp.asarray(images), boxes, ix, (4, 3)))
+    for m in range(6):
+        np.testing.assert_allclose(got[m], crop_ref(images[ix[m]], boxes[m], (4, 3)), atol=1e-5)
+    # d(sum of crops)/d(image) = the summed bilinear weights of each pixel (finite differences)
+    grad = jax.grad(lambda im: backend_ops.crop_and_resize_jax(im, boxes, ix, (4, 3)).sum())(
+        jnp.asarray(images))
+    eps, (b, y, x, c) = 1e-2, (int(ix[0]), 4, 5, 1)
+    bumped = images.copy()
+    bumped[b, y, x, c] += eps
+    fd = (np.asarray(backend_ops.crop_and_resize_jax(bumped, boxes, ix, (4, 3))).sum()
+          - got.sum()) / eps
+    np.testing.assert_allclose(np.asarray(grad)[b, y, x, c], fd, rtol=1e-2, atol=1e-3)
+
+
+def test_pyramid_crop_and_resize_jax_equals_per_level_tf():
+    rng = np.random.default_rng(8)
+    maps = [rng.normal(size=(2, s, s + 3, 4)).astype(np.float32) for s in (32, 16, 8, 4)]
+    boxes = rng.uniform(-0.1, 1.1, (40, 4)).astype(np.float32)
+    ix = rng.integers(0, 2, 40)
+    levels = rng.integers(0, 4, 40)
+    want = np.stack([np.asarray(backend_ops.crop_and_resize(
+        maps[levels[m]], boxes[m:m + 1], ix[m:m + 1], (7, 7)))[0] for m in range(40)])
+    tf_path = np.asarray(backend_ops.pyramid_crop_and_resize(maps, boxes, ix, levels, (7, 7)))
+    jax_path = np.asarray(backend_ops.pyramid_crop_and_resize_jax(maps, boxes, ix, levels, (7, 7)))
+    np.testing.assert_array_equal(tf_path, want)
+    np.testing.assert_allclose(jax_path, want, atol=2e-5)

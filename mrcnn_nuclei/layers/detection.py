@@ -76,9 +76,14 @@ class DetectionLayer(layers.Layer):
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
 class TrimDetections(layers.Layer):
     """detections [B, D, 6] -> boxes [B, n, 4] with n = the largest count of real detections in
-    the batch (at least 1), so the mask head only runs on real detections."""
+    the batch (at least 1), so the mask head only runs on real detections.
+
+    On the JAX backend (static shapes under jit) n = D: all slots, the padded ones are zero
+    boxes whose masks are ignored like those of any slot past the detection count."""
 
     def call(self, detections):
+        if keras.backend.backend() == "jax":
+            return detections[:, :, :4]
         count = ops.sum(ops.cast(detections[..., 4] > 0, "int32"), axis=1)
         n = ops.maximum(ops.max(count), 1)
         return detections[:, :n, :4]

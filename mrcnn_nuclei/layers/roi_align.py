@@ -7,7 +7,7 @@ import math
 import keras
 from keras import layers, ops
 
-from .ops import crop_and_resize
+from .ops import pyramid_crop_and_resize
 
 __all__ = ["PyramidROIAlign", "roi_levels"]
 
@@ -46,19 +46,9 @@ class PyramidROIAlign(layers.Layer):
         n = ops.shape(boxes)[1]
         flat = ops.reshape(boxes, (-1, 4))
         batch_ix = ops.reshape(ops.repeat(ops.arange(b, dtype="int32")[:, None], n, axis=1), (-1,))
-        levels = roi_levels(flat, image_shape)
-        pooled, order = [], []
-        for i, fmap in enumerate(feature_maps):
-            sel = ops.cast(ops.reshape(ops.stack(ops.where(ops.equal(levels, i + 2)), -1), (-1,)),
-                           "int32")
-            lv_boxes = ops.take(flat, sel, axis=0)
-            lv_ix = ops.take(batch_ix, sel, axis=0)
-            pooled.append(crop_and_resize(fmap, ops.stop_gradient(lv_boxes),
-                                          ops.stop_gradient(lv_ix), self.pool_shape))
-            order.append(sel)
-        pooled = ops.concatenate(pooled, axis=0)
-        order = ops.concatenate(order, axis=0)
-        pooled = ops.take(pooled, ops.argsort(order), axis=0)
+        levels = roi_levels(flat, image_shape) - 2
+        pooled = pyramid_crop_and_resize(list(feature_maps), ops.stop_gradient(flat),
+                                         ops.stop_gradient(batch_ix), levels, self.pool_shape)
         c = feature_maps[0].shape[-1]
         return ops.reshape(pooled, (b, n, self.pool_shape[0], self.pool_shape[1], c))
 

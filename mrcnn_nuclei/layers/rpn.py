@@ -71,6 +71,8 @@ class PyramidAnchors(layers.Layer):
 
     def call(self, image):
         shape = ops.shape(image)
+        if keras.backend.backend() == "jax":  # static sizes under jit: anchors are constants
+            return ops.convert_to_tensor(self._anchors_float32(int(shape[1]), int(shape[2])))
         h = ops.cast(shape[1], "float32")
         w = ops.cast(shape[2], "float32")
         r = ops.convert_to_tensor(np.asarray(self.ratios, np.float32))
@@ -93,6 +95,33 @@ class PyramidAnchors(layers.Layer):
         scale = ops.stack([h - 1, w - 1, h - 1, w - 1])
         shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
         return (boxes - shift) / scale
+
+    def _anchors_float32(self, height, width):
+        """NumPy twin of the graph path for a known image size: the same float32 operations in
+        the same order, so both give bit-identical anchors."""
+        f = np.float32
+        h, w = f(height), f(width)
+        r = np.asarray(self.ratios, f)
+        out = []
+        for scale, stride in zip(self.scales, self.strides):
+            fh = int(np.ceil(h / f(stride)))
+            fw = int(np.ceil(w / f(stride)))
+            cy = np.arange(0, fh, self.anchor_stride).astype(f) * f(stride)
+            cx = np.arange(0, fw, self.anchor_stride).astype(f) * f(stride)
+            ny, nx, nr = len(cy), len(cx), len(self.ratios)
+            hs = f(scale) / np.sqrt(r)
+            ws = f(scale) * np.sqrt(r)
+            cy = np.broadcast_to(cy[:, None, None], (ny, nx, nr))
+            cx = np.broadcast_to(cx[None, :, None], (ny, nx, nr))
+            hs = np.broadcast_to(hs[None, None, :], (ny, nx, nr))
+            ws = np.broadcast_to(ws[None, None, :], (ny, nx, nr))
+            b = np.stack([cy - f(0.5) * hs, cx - f(0.5) * ws, cy + f(0.5) * hs,
+                          cx + f(0.5) * ws], -1)
+            out.append(b.reshape(-1, 4))
+        boxes = np.concatenate(out, axis=0)
+        scale = np.stack([h - f(1), w - f(1), h - f(1), w - f(1)])
+        shift = np.asarray([0.0, 0.0, 1.0, 1.0], f)
+        return ((boxes - shift) / scale).astype(f)
 
     def compute_output_shape(self, shape):
         return (None, 4)
