@@ -341,8 +341,9 @@ def test_worker_peak_memory_does_not_grow_with_slide_size(monuseg_root, process_
         peaks.append(peak)
         assert r["summary_data"]["tiles_run_now"] == len(plan_tiles(
             r["summary_data"]["grid"], TILE, OVERLAP))
-    # the worker's high-water mark (ru_maxrss) after the 2x slide stays within the margin
-    assert peaks[1] <= peaks[0] * 1.06 + 20, peaks
+    # the worker's high-water mark (ru_maxrss) after the 2x slide stays within 10 MB of the
+    # first one's (measured: +2.4 MB); holding the large slide's pixels alone would add 12 MB
+    assert peaks[1] <= peaks[0] + 10, peaks
 
 
 @pytest.mark.slow
