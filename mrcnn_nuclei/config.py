@@ -20,6 +20,13 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
   ``MaskRCNN.train`` call (or over a time budget, :func:`mrcnn_nuclei.recipes.train_budgeted`).
 * ``GT_OVERFLOW``: what the loader does with more than ``MAX_GT_INSTANCES`` nuclei in one image:
   ``"largest"`` keeps the largest ones (default), ``"random"`` keeps a random subset (Matterport).
+* ``DETECT_MEMORY_LIMIT_GB``: memory bound of one ``detect()`` image (GB, ``"auto"`` = half the
+  machine's memory, ``None`` = no check), estimated before the graph runs
+  (:mod:`mrcnn_nuclei.inference.memory`). Past it ``detect()`` raises ``DetectMemoryError`` naming
+  :func:`mrcnn_nuclei.inference.tiling.tiled_detect`, or with ``AUTO_TILE = True`` runs it.
+* ``SKIP_BAD_IMAGES``: ``MaskRCNN.train`` checks every image and mask first
+  (:func:`mrcnn_nuclei.data.checks.check_dataset`) and raises listing all bad files (False,
+  default) or skips them with a logged count (True).
 * ``RESIZE_SEMANTICS``: ``"matterport"`` (default) resizes images and masks exactly as
   Matterport's NumPy code (skimage order-1 resize with a cval-0 border, truncated grey levels;
   corner-aligned nearest masks; mini-masks ``np.around``-ed), so the same weights give the same
@@ -126,6 +133,9 @@ class Config:
     LEARNING_RATE_DECAY_FLOOR = 0.01
     GT_OVERFLOW = "largest"
     SEED = None
+    DETECT_MEMORY_LIMIT_GB = "auto"
+    AUTO_TILE = False
+    SKIP_BAD_IMAGES = False
     RESIZE_SEMANTICS = "matterport"
 
     def __init__(self):
@@ -221,6 +231,17 @@ class Config:
             fail("LEARNING_RATE_DECAY_FLOOR", "must be a fraction between 0 and 1")
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
             fail("GRADIENT_CLIP_NORM", "must be positive or None")
+        limit = self.DETECT_MEMORY_LIMIT_GB
+        if not (limit is None or limit == "auto" or (
+                isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0)):
+            fail("DETECT_MEMORY_LIMIT_GB", "must be a positive number of GB, 'auto' (half the "
+                 "machine's memory) or None (no check)")
+        if not isinstance(self.SKIP_BAD_IMAGES, (bool, np.bool_)):
+            fail("SKIP_BAD_IMAGES", "must be True (skip unreadable images, logged) or False "
+                 "(MaskRCNN.train raises listing them)")
+        if not isinstance(self.AUTO_TILE, (bool, np.bool_)):
+            fail("AUTO_TILE", "must be True (tile images over DETECT_MEMORY_LIMIT_GB) or False "
+                 "(raise)")
         return self
 
     # ------------------------------------------------------------------ derived helpers

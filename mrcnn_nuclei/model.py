@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from . import distribute
 from .layers import losses as L
 from .layers.backbone import FrozenBatchNorm, build_backbone
 from .layers.detection import DetectionLayer, PadDetections, TrimDetections, WindowFromMeta
@@ -202,7 +203,7 @@ class MaskRCNNTrainingModel(keras.Model):
             self._trackers[name].update_state(value)
             total = total + float(self.loss_weights_.get(name, 1.0)) * value
         # weight decay is applied by the optimizer (decoupled), not added here
-        return total
+        return distribute.scale_loss(total)
 
     @property
     def metrics(self):
@@ -255,6 +256,21 @@ def _progress_logger(log_dir):
     return keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)
 
 
+class _dtype_policy:
+    """Context: Keras global dtype policy ``name`` (None: unchanged) while building."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        if self.name:
+            keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)
+
+
 # ------------------------------------------------------------------------------------ facade
 class MaskRCNN:
     """Mask R-CNN with Matterport's API: ``MaskRCNN(mode, config, model_dir)``.
@@ -277,7 +293,12 @@ class MaskRCNN:
         self.epoch = 0
         self.log_dir = None
         self.checkpoint_path = None
-        self.keras_model = self.build(mode, config)
+        self.distribution = distribute.for_config(config)
+        with self.distribution.scope(), _dtype_policy(getattr(config, "MIXED_PRECISION", None)):
+            self.keras_model = self.build(mode, config)
+        if mode == "inference" and getattr(config, "XLA", False) and \
+                keras.backend.backend() == "tensorflow":
+            self.keras_model.jit_compile = True
         self.set_log_dir()
 
     # -------------------------------------------------------------------------------- build
@@ -488,7 +509,8 @@ class MaskRCNN:
                                    weight_decay=c.WEIGHT_DECAY or None,
                                    clipnorm=c.GRADIENT_CLIP_NORM)
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-        self.keras_model.compile(optimizer=opt, jit_compile=False)
+        with self.distribution.scope():
+            self.keras_model.compile(optimizer=opt, jit_compile=False)
 
     def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing, steps):
         from .data.loader import TrainingLoader
@@ -522,6 +544,8 @@ class MaskRCNN:
                 "already at epoch %d (loaded from a checkpoint of that epoch); pass epochs=%d or "
                 "more to train on", epochs, self.epoch, self.epoch + 1)
             return None
+        from .data.checks import check_training_datasets  # every image, before any step
+        train_dataset, val_dataset = check_training_datasets(self.config, train_dataset, val_dataset)
         c = self.config
         train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing,
                                  c.STEPS_PER_EPOCH)
@@ -563,9 +587,12 @@ class MaskRCNN:
 
         return mold_inputs(images, self.config)
 
-    def _run(self, molded, metas, verbose=0):
+    def _run(self, molded, metas, verbose=0, fn="detect"):
         """Run the inference graph on molded images grouped by shape, BATCH_SIZE at a time.
-        Returns per image (detections [D, 6], mrcnn_mask [D, h, w, K])."""
+        Returns per image (detections [D, 6], mrcnn_mask [D, h, w, K]). Warns
+        (DetectionLimitWarning) for an image whose detections fill DETECTION_MAX_INSTANCES."""
+        from .inference.memory import warn_if_full
+
         if self.mode != "inference":
             raise ValueError("detect() needs a model built with mode='inference'")
         out = [None] * len(molded)
@@ -590,6 +617,7 @@ class MaskRCNN:
                 res = self.keras_model.predict_on_batch([x, meta])
                 for j, i in enumerate(chunk):
                     out[i] = (np.asarray(res[0][j]), np.asarray(res[3][j]))
+                    warn_if_full(self.config, out[i][0], i, shape, fn)
         return out
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
@@ -603,49 +631,93 @@ class MaskRCNN:
                                  window, self.config, soft=soft)
 
     def _detect(self, images, soft, verbose):
-        images = list(images)
+        from .inference import memory as M
+        from .inference.inputs import check_detect_images
+        from .inference.tiling import detect_tiled
+
+        c = self.config
+        fn = "detect_soft" if soft else "detect"
+        images = check_detect_images(images, c.IMAGE_CHANNEL_COUNT, fn)
         if not images:
             return []
         molded, metas, windows = self.mold_inputs(images)
-        outs = self._run(molded, metas, verbose)
-        results = []
-        for image, m, window, (det, mask) in zip(images, molded, windows, outs):
-            orig = np.asarray(image).shape
-            rois, ids, scores, masks, softs = self.unmold_detections(det, mask, orig, m.shape,
-                                                                     window, soft=soft)
+        shapes = [np.shape(image) for image in images]
+        over = dict(M.over_limit(c, [m.shape for m in molded], shapes, soft))
+        if over and (not c.AUTO_TILE or soft or c.NUM_CLASSES > 2):
+            i, need = next(iter(over.items()))
+            why = ("" if not c.AUTO_TILE else " (AUTO_TILE does not apply: " +
+                   ("detect_soft() has no tiled soft masks)" if soft else
+                    "tiled results carry no class ids with NUM_CLASSES > 2)"))
+            raise M.DetectMemoryError(M.over_limit_message(c, fn, i, need, molded[i].shape,
+                                                           shapes[i]) + why)
+        results = [None] * len(images)
+        for i, need in over.items():
+            logger.warning("%s(): image #%d (%dx%d) needs about %.1f GB, over "
+                           "DETECT_MEMORY_LIMIT_GB; running tiled_detect on it (AUTO_TILE = True)",
+                           fn, i, shapes[i][0], shapes[i][1], need / 1e9)
+            results[i] = detect_tiled(self, images[i])
+        todo = [i for i in range(len(images)) if i not in over]
+        outs = self._run([molded[i] for i in todo], [metas[i] for i in todo], verbose, fn)
+        for i, (det, mask) in zip(todo, outs):
+            rois, ids, scores, masks, softs = self.unmold_detections(
+                det, mask, shapes[i], molded[i].shape, windows[i], soft=soft)
             r = {"rois": rois, "class_ids": ids, "scores": scores, "masks": masks}
             if soft:
                 r["soft_masks"] = softs
-            results.append(r)
+            results[i] = r
         return results
 
     def detect(self, images, verbose=0):
-        """Detect nuclei. images: list of [H, W(, C)] arrays (any dtype/channels).
+        """Detect nuclei. images: a LIST of [H, W] or [H, W, C] arrays, channels last, any
+        dtype/channel count (or one [N, H, W, C] batch array).
         Returns one dict per image: rois [N, 4] int32 (y1, x1, y2, x2), class_ids [N] int32,
-        scores [N] float32, masks [H, W, N] bool at the original image size."""
+        scores [N] float32, masks [H, W, N] bool at the original image size.
+
+        Raises ValueError for one bare image (``detect(image)``: pass ``[image]``) and for a
+        channels-first [C, H, W] image (pass ``np.moveaxis(image, 0, -1)``).
+        Before running, the memory an image needs is estimated
+        (:func:`mrcnn_nuclei.inference.memory.estimate_detect_memory`, full-size mask stack
+        H * W * DETECTION_MAX_INSTANCES bytes included). Past ``Config.DETECT_MEMORY_LIMIT_GB``
+        (default "auto": half the machine's memory) it raises ``DetectMemoryError`` naming
+        :func:`mrcnn_nuclei.inference.tiling.tiled_detect`; with ``Config.AUTO_TILE = True`` it
+        runs :func:`~mrcnn_nuclei.inference.tiling.detect_tiled` instead (logged; that result
+        also has ``labels`` [H, W] and non-overlapping masks; one-class configs only).
+        When an image's detections fill all DETECTION_MAX_INSTANCES slots it warns with
+        :class:`mrcnn_nuclei.inference.memory.DetectionLimitWarning`.
+        """
         return self._detect(images, soft=False, verbose=verbose)
 
     def detect_soft(self, images, verbose=0):
-        """Like :meth:`detect`, plus "soft_masks" [H, W, N] float32 in [0, 1] (mask
-        probabilities pasted at full size, before thresholding) for TTA and ensembles."""
+        """Like :meth:`detect` (same input checks, memory bound and warnings; no AUTO_TILE),
+        plus "soft_masks" [H, W, N] float32 in [0, 1] (mask probabilities pasted at full size,
+        before thresholding) for TTA and ensembles."""
         return self._detect(images, soft=True, verbose=verbose)
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
-        """Detect on already molded images [N, H, W, C] with their image_metas [N, META]
-        (original size and window read from the metas)."""
+        """Detect on already molded images [N, H, W, C] (one array or a list of [H, W, C],
+        channels last) with their image_metas [N, META] (original size and window read from
+        the metas). Same memory bound (always raises past it) and DETECTION_MAX_INSTANCES
+        warning as :meth:`detect`."""
         from .data.image_ops import parse_image_meta
+        from .inference import memory as M
+        from .inference.inputs import check_molded_images
 
-        molded = [np.asarray(m, np.float32) for m in molded_images]
+        molded = check_molded_images(molded_images, self.config.IMAGE_CHANNEL_COUNT)
         if not molded:
             return []
         metas = np.asarray(image_metas, np.float32).reshape(len(molded), -1)
-        outs = self._run(molded, metas, verbose)
         parsed = parse_image_meta(metas)
+        origs = [tuple(int(v) for v in o) for o in parsed["original_image_shape"]]
+        over = M.over_limit(self.config, [m.shape for m in molded], origs)
+        if over:
+            i, need = over[0]
+            raise M.DetectMemoryError(M.over_limit_message(
+                self.config, "detect_molded", i, need, molded[i].shape, origs[i]))
+        outs = self._run(molded, metas, verbose, "detect_molded")
         results = []
         for i, (det, mask) in enumerate(outs):
-            orig = tuple(parsed["original_image_shape"][i])
             rois, ids, scores, masks, _ = self.unmold_detections(
-                det, mask, orig, molded[i].shape, parsed["window"][i])
+                det, mask, origs[i], molded[i].shape, parsed["window"][i])
             results.append({"rois": rois, "class_ids": ids, "scores": scores, "masks": masks})
         return results
 

@@ -144,6 +144,19 @@ class Dataset:
             height, width = self.load_image(image_id).shape[:2]
         return np.zeros((height, width, 0), bool), np.zeros((0,), np.int32)
 
+    def check_image(self, image_id, channels=None):
+        """Problems of one image, as a list of strings (empty when it is fine); called for every
+        image by :func:`mrcnn_nuclei.data.checks.check_dataset` before training/evaluation.
+
+        The default loads the image and its masks (a full decode: catches unreadable and
+        truncated files) and checks that the image has ``channels`` channels (default
+        ``channel_count``) and that the masks are ``[H, W, N]`` with N class ids. Override it
+        for a cheaper check, or to return ``[]`` for images that cannot be corrupt.
+        """
+        from .checks import default_check_image
+
+        return default_check_image(self, image_id, channels)
+
     # ------------------------------------------------------------------ helpers
     def _info(self, image_id):
         try:

@@ -205,6 +205,14 @@ class LabelImageDataset(Dataset):
         info = self._info(image_id)
         return to_uint8(read_image(info["path"]), channels=self.channel_count, path=info["path"])
 
+    def check_image(self, image_id, channels=None):
+        """Decode the image and its label file and compare sizes (no mask stack is built)."""
+        from ..data.checks import check_image_and_labels
+
+        if self._info(image_id)["source"] != SOURCE:
+            return super().check_image(image_id, channels)
+        return check_image_and_labels(self, image_id, channels, self.load_labels)
+
     def image_reference(self, image_id):
         """Path of the image file."""
         return self._info(image_id)["path"]

@@ -320,6 +320,14 @@ class MoNuSegDataset(Dataset):
         n = int(labels.max())
         return labels[:, :, None] == np.arange(1, n + 1, dtype=np.int32), np.ones(n, np.int32)
 
+    def check_image(self, image_id, channels=None):
+        """Decode the tile and rasterise (or read cached) labels; compare sizes."""
+        from ..data.checks import check_image_and_labels
+
+        if self._info(image_id)["source"] != SOURCE:
+            return super().check_image(image_id, channels)
+        return check_image_and_labels(self, image_id, channels, self.load_labels)
+
     def image_reference(self, image_id):
         """Path of the tile image."""
         return self._info(image_id)["path"]

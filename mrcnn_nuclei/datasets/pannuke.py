@@ -176,6 +176,14 @@ class PanNukeDataset(Dataset):
                                      np.int32))
         return np.concatenate(stacks, axis=2), np.concatenate(class_ids)
 
+    def check_image(self, image_id, channels=None):
+        """Read the patch and its type maps from the .npy files; compare sizes."""
+        from ..data.checks import check_image_and_labels
+
+        if self._info(image_id)["source"] != SOURCE:
+            return super().check_image(image_id, channels)
+        return check_image_and_labels(self, image_id, channels, self.load_type_maps)
+
     def image_reference(self, image_id):
         """``"<images.npy path>[index]"``."""
         info = self._info(image_id)

@@ -118,6 +118,15 @@ class PlusDataset(Dataset):
         """The base dataset's masks: ([H, W, N] bool, [N] int32)."""
         return self.base.load_mask(image_id)
 
+    def check_image(self, image_id, channels=None):
+        """The base dataset's check (its RGB files and masks); the two computed channels are
+        not checked (a distance source is not run here)."""
+        if channels is not None and int(channels) != 5:
+            return [f"wrong channel count: PlusDataset gives 5 channels, expected {channels}"]
+        from ..data.checks import _check_one
+
+        return _check_one(self.base, image_id, None)
+
     def image_reference(self, image_id):
         """The base dataset's reference."""
         return self.base.image_reference(image_id)

@@ -241,6 +241,15 @@ class SyntheticNucleiDataset(Dataset):
                            min_area=min_area)
         return self
 
+    def check_image(self, image_id, channels=None):
+        """Generated images cannot be unreadable: only the channel count is compared."""
+        self._info(image_id)
+        want = self.channel_count if channels is None else int(channels)
+        if want != self.channel_count:
+            return [f"wrong channel count: the dataset gives {self.channel_count} channel(s), "
+                    f"expected {want} (IMAGE_CHANNEL_COUNT; load(..., channels={want}))"]
+        return []
+
     def image_reference(self, image_id):
         """``"synthetic:seed=<seed>:index=<i>:<colour>"``."""
         info = self._info(image_id)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_grid", "tiled_detect", "keep_in_core", "paste_kept"]
+__all__ = ["tile_grid", "tiled_detect", "keep_in_core", "paste_kept", "labels_to_result"]
 
 
 def tile_grid(length, tile_size, overlap):
@@ -174,3 +174,65 @@ def tiled_detect(detect_fn, image, tile_size=512, overlap=64, min_area=1, return
         scores = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
         return out, scores.astype(np.float32)
     return out
+
+
+def labels_to_result(labels, scores, max_mask_bytes=None):
+    """Label image [H, W] (1..K) and scores [K] -> a ``detect()`` dict: ``rois`` [K, 4] int32,
+    ``class_ids`` [K] int32 (all 1: labels carry no class), ``scores`` [K] float32, ``masks``
+    [H, W, K] bool, and ``labels`` itself.
+
+    max_mask_bytes: raise :class:`~mrcnn_nuclei.inference.memory.DetectMemoryError` instead of
+    building a mask stack of more than that many bytes (H * W * K).
+    """
+    from scipy import ndimage
+
+    from .memory import DetectMemoryError
+
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    k = int(labels.max()) if labels.size else 0
+    if max_mask_bytes is not None and float(h) * w * k > max_mask_bytes:
+        raise DetectMemoryError(
+            f"the tiled result has {k} nuclei; its mask stack [H, W, N] = {h}x{w}x{k} would take "
+            f"{h * w * k / 1e9:.1f} GB, over DETECT_MEMORY_LIMIT_GB. Call "
+            "mrcnn_nuclei.inference.tiling.tiled_detect yourself: it returns one label image "
+            "[H, W] instead of a mask stack")
+    rois = np.zeros((k, 4), np.int32)
+    for i, sl in enumerate(ndimage.find_objects(labels, max_label=k)):
+        if sl is not None:
+            rois[i] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+    masks = np.zeros((h, w, k), bool)
+    ys, xs = np.nonzero(labels)
+    masks[ys, xs, labels[ys, xs] - 1] = True
+    return {"rois": rois, "class_ids": np.ones(k, np.int32),
+            "scores": np.asarray(scores, np.float32)[:k], "masks": masks,
+            "labels": labels.astype(np.int32, copy=False)}
+
+
+def detect_tiled(model, image, tile_sizes=(1024, 512, 256, 128), overlap=64):
+    """``model.detect([image])[0]`` for an image too large for one pass (``Config.AUTO_TILE``):
+    :func:`tiled_detect` with the largest of ``tile_sizes`` whose detect memory estimate fits
+    ``DETECT_MEMORY_LIMIT_GB``, returned as a detect() dict plus ``labels`` (see
+    :func:`labels_to_result`: overlaps resolved, one pixel per nucleus, class ids 1).
+    """
+    from .memory import DetectMemoryError, estimate_detect_memory, memory_limit_bytes
+
+    config = model.config
+    limit = memory_limit_bytes(config)
+    image = np.asarray(image)
+    channels = image.shape[2:]
+    for tile in tile_sizes:
+        probe = np.zeros((min(tile, image.shape[0]), min(tile, image.shape[1])) + channels,
+                         image.dtype)
+        molded = model.mold_inputs([probe])[0][0]
+        if limit is None or estimate_detect_memory(config, molded.shape, probe.shape) <= limit:
+            break
+    else:
+        raise DetectMemoryError(f"AUTO_TILE: even {tile_sizes[-1]} px tiles need more than "
+                                "DETECT_MEMORY_LIMIT_GB allows; raise it")
+    overlap = min(overlap, tile // 2)
+    labels, scores = tiled_detect(lambda t: model.detect([t])[0], image, tile_size=tile,
+                                  overlap=overlap, return_scores=True)
+    result = labels_to_result(labels, scores, max_mask_bytes=limit)
+    result["tile_size"], result["overlap"] = tile, overlap
+    return result
