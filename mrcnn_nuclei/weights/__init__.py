@@ -76,7 +76,7 @@ WEIGHT_FILES = {
 }
 
 ENV_WEIGHTS_DIR = "MRCNN_NUCLEI_WEIGHTS"
-_REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+_REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 # Keras-1 weight-name suffixes -> Keras 2/3 variable names.
 _KERAS1_SUFFIXES = {
@@ -588,7 +588,7 @@ def save_weights(keras_model, path, config=None):
     an older file of that name whole.  With ``config`` its JSON goes beside
     (:func:`config_path_beside`).  Returns the weights path.
     """
-    from .fileio import atomic_write
+    from ..fileio import atomic_write
 
     final = _native_path(path)
     nbytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
@@ -609,7 +609,7 @@ def load_config_beside(path, config_class=None):
     if not os.path.exists(json_path):
         return None
     if config_class is None:
-        from .config import Config as config_class
+        from ..config import Config as config_class
     return config_class.load_json(json_path)
 
 
@@ -694,7 +694,7 @@ def resolve_weights_arg(spec, model=None, model_dir=None, name=None):
         if model is not None:
             path = model.find_last()
         elif model_dir is not None:
-            from .model import find_last_checkpoint
+            from ..model import find_last_checkpoint
 
             path = find_last_checkpoint(model_dir, name)
         else:
