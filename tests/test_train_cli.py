@@ -61,7 +61,7 @@ def test_synthetic_subsets_are_disjoint_and_seeded():
 def test_missing_coco_weights_fail_fast_with_the_place_to_put_them(tmp_path, monkeypatch):
     from mrcnn_nuclei import weights
 
-    monkeypatch.setattr(weights, "_REPO_WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(weights.registry, "_REPO_WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv(weights.ENV_WEIGHTS_DIR, raising=False)
     with pytest.raises(SystemExit) as err:

@@ -354,7 +354,7 @@ def test_native_by_name_and_exclude(tmp_path):
 def empty_places(tmp_path, monkeypatch):
     repo_dir = tmp_path / "repo_weights"
     repo_dir.mkdir()
-    monkeypatch.setattr(W, "_REPO_WEIGHTS_DIR", repo_dir)
+    monkeypatch.setattr(W.registry, "_REPO_WEIGHTS_DIR", repo_dir)  # the module that reads it
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(W.ENV_WEIGHTS_DIR, str(tmp_path / "env"))
     return tmp_path
