@@ -23,7 +23,7 @@ mask pasting and measuring).  ``--max-tiles`` segments only the first N tiles of
 16k slide has 289 tiles of 1024 px; each takes seconds on a CPU); the per-tile figures do not depend
 on it, the slide-size ones (reading from a larger file, peak memory) are what the two sizes compare.
 
-    python benchmarks/slide_speed.py                                   # 4096 and 16384, 1 and 2 workers
+    python benchmarks/slide_speed.py                 # 4096 and 16384 px, 1 and 2 workers
     python benchmarks/slide_speed.py --max-tiles 6 --tile 512 --overlap 64   # short settings
 """
 

@@ -324,7 +324,8 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
     run.open_writers(class_names_for(run.spec))
     on_disk = {t["index"] for t in run.todo if os.path.exists(run.tile_path(t["index"]))}
     submit = [t for t in run.todo if t["index"] not in on_disk]
-    stats = {"times": [], "ran": 0, "assembled": 0, "write_s": 0.0, "rss": {}}
+    stats = {"times": [], "ran": 0, "assembled": 0, "write_s": 0.0, "rss": {}, "core_px": 0}
+    cores = {t["index"]: t["core"] for t in run.todo}
     cache = {}
     token = uuid.uuid4().hex[:8]
     futures = []
@@ -373,9 +374,10 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
                     on_tile(len(run.todo) - len(submit) + stats["ran"], len(run.todo))
                 assemble_ready()
                 bar.update(1)
-                done_s = max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(nuclei=run.state["next_id"] - 1,
-                                mpx_s=f"{stats['ran'] * np.prod(run.reader.shape) / 1e6 / len(run.all_tiles) / done_s:.2f}")
+                cy0, cy1, cx0, cx1 = cores[result["index"]]
+                stats["core_px"] += (cy1 - cy0) * (cx1 - cx0)
+                rate = stats["core_px"] / 1e6 / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(nuclei=run.state["next_id"] - 1, mpx_s=f"{rate:.3f}")
         assemble_ready()
         if run.state["assembled"] != len(run.todo):
             raise RuntimeError(f"{run.dir}: {len(run.todo) - run.state['assembled']} tile(s) "

@@ -70,7 +70,8 @@ class _Classical:
         ys, xs = np.nonzero(labels)
         ks = labels[ys, xs].astype(np.int64) - 1
         # score: mean hematoxylin of the component / 255 (deterministic, in [0, 1])
-        scores = np.bincount(ks, h[ys, xs], minlength=n) / np.maximum(np.bincount(ks, minlength=n), 1)
+        area = np.maximum(np.bincount(ks, minlength=n), 1)
+        scores = np.bincount(ks, h[ys, xs], minlength=n) / area
         return ys, xs, ks, (scores / 255.0).astype(np.float32), np.ones(n, np.int32)
 
 

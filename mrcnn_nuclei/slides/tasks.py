@@ -67,7 +67,8 @@ def process_tile(tile, job):
     """Segment one tile.  job: dict with ``reader`` (SlideReader), ``spec`` (segmenter spec),
     ``min_area``.  Returns a dict: index, box, ``instances`` (list of dicts: bbox (y0, x0, y1, x1)
     on the working grid, mask (shape, packed), score, class_id, record), ``times`` (read,
-    load (the segmenter, first tile of a worker only), detect, measure seconds), ``peak_rss_mb``, ``worker`` (pid)."""
+    load (the segmenter, first tile of a worker only), detect, measure seconds),
+    ``peak_rss_mb``, ``worker`` (host:pid)."""
     t0 = time.perf_counter()
     reader = _reader(job["reader"])
     y0, y1, x0, x1 = tile["box"]

@@ -1,12 +1,12 @@
 """Low-resolution tissue mask, to skip tiles that hold only glass/background.
 
 Stained tissue is coloured (H&E: purple/pink), glass is white or light grey, so a pixel is tissue
-when its saturation is above a threshold (Otsu's on the thumbnail's saturation, clipped to
-[``MIN_SATURATION``, ``MAX_SATURATION``]: the clip keeps a slide that is all tissue, where Otsu
-would split the tissue itself in two, and one that is all glass) and it is not near-black (pen
-marks, scanner borders are dark and count as background only when also unsaturated).  The mask
-is cleaned with a small opening and dilated by ``margin`` thumbnail pixels so that nuclei at the
-tissue edge are not lost.
+when its saturation is above a threshold: Otsu's on the thumbnail's saturation, clipped to
+[``MIN_SATURATION``, ``MAX_SATURATION``] (the clip keeps a slide that is all tissue, where Otsu
+would split the tissue itself in two, and one that is all glass).  The saturation is smoothed over
+3x3 thumbnail pixels first (scanner/JPEG noise on glass averages out); the mask is cleaned with a
+small opening and dilated by ``margin`` thumbnail pixels so that nuclei at the tissue edge are
+not lost.  Grey/black marks (unsaturated) count as background.
 
     mask, scale = tissue_mask(reader)            # [h, w] bool, (sy, sx) working px per mask px
     todo = tiles_with_tissue(tiles, mask, scale)
@@ -30,6 +30,7 @@ def saturation_tissue(rgb, margin=2):
     rgb = np.asarray(rgb, np.float32) / 255.0
     mx, mn = rgb.max(-1), rgb.min(-1)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    sat = ndimage.uniform_filter(sat, 3)   # glass noise averages out, tissue stays coloured
     t = threshold_otsu(sat) if np.ptp(sat) > 0 else MAX_SATURATION
     t = float(np.clip(t, MIN_SATURATION, MAX_SATURATION))
     mask = sat > t
@@ -50,7 +51,7 @@ def tissue_mask(reader, max_size=2048, margin=2):
 
 def tiles_with_tissue(tiles, mask, scale):
     """The tiles (dicts with ``box`` = (y0, y1, x0, x1) on the working grid) whose box holds at
-    least one tissue pixel of ``mask`` (scale: working px per mask px, as from :func:`tissue_mask`)."""
+    least one tissue pixel of ``mask`` (scale: working px per mask px, from :func:`tissue_mask`)."""
     sy, sx = scale
     h, w = mask.shape
     out = []
