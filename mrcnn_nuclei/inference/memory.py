@@ -48,7 +48,8 @@ The estimate is for host memory (CPU inference); on a GPU the ``features``, ``ro
 ``mask_head`` parts live in GPU memory, the ``unmold`` part in host memory.
 
 :func:`memory_limit_bytes` turns ``Config.DETECT_MEMORY_LIMIT_GB`` into bytes: a number of GB,
-``"auto"`` (half of the machine's physical memory) or ``None`` (no check).
+``"auto"`` (half of the machine's physical memory, or of a smaller container limit) or ``None``
+(no check).
 """
 
 from __future__ import annotations
@@ -109,12 +110,25 @@ def estimate_detect_memory(config, molded_shape, original_shape, soft=False, par
     return out if parts else sum(out.values())
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def physical_memory_bytes():
-    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    """Memory this process may use in bytes: the machine's physical memory, or a smaller
+    container (cgroup) limit; None where the OS does not say."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return None
+        total = None
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value.isdigit() and (total is None or int(value) < total):
+            total = int(value)
+    return total
 
 
 def memory_limit_bytes(config):
