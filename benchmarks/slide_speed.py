@@ -10,8 +10,9 @@ training) on a LocalCluster of worker PROCESSES, once per ``--workers`` value, a
 * Mpx/s (working-grid megapixels of the segmented tiles' cores per wall second) and nuclei/s;
 * median time per tile spent reading, detecting (Mask R-CNN), measuring (keep rule, outlines,
   measurements; all on the worker) and writing (client: tile record, stitching, GeoJSON/CSV/zarr);
-* scheduling overhead: wall time minus the workers' task time spread over the worker slots and
-  minus the client's writing (what Dask and waiting cost); the cluster start-up is separate;
+* scheduling overhead: wall time minus the workers' task time spread over the worker slots (what
+  Dask, waiting for the client and the last tiles' tail cost; the client's writing overlaps the
+  workers' work); the cluster start-up is separate;
 * the model load (build + weights, once per worker, not in the per-tile figures but in the wall
   time, so Mpx/s of a short run is pulled down by it);
 * peak resident memory of each worker process (ru_maxrss).

@@ -302,9 +302,12 @@ def _summary(run, stats, wall, cluster_s, slots):
         "nuclei_per_s": round(nuclei / wall, 2) if wall > 0 and stats["ran"] else None,
         "mean_tile_s": mean, "median_tile_s": median,
         "segmenter_load_s": [round(v, 2) for v in load],
-        # wall time not explained by the tasks' own work spread over the worker slots
-        "scheduling_overhead_s": round(max(0.0, wall - task_total / max(1, slots)
-                                           - stats["write_s"]), 3) if stats["ran"] else None,
+        # wall time in which the worker slots were not doing tile work (read, load, detect,
+        # measure): Dask scheduling and transfers, waiting for the client (which writes while
+        # the workers compute), start-up and the tail of the last tiles
+        "scheduling_overhead_s": round(max(0.0, wall - task_total / max(1, slots)), 3)
+        if stats["ran"] else None,
+        "client_write_s": round(stats["write_s"], 3),
         "peak_rss_mb_per_worker": {w: round(v, 1) for w, v in sorted(stats["rss"].items())},
         "client_peak_rss_mb": round(peak_rss_mb(), 1),
         "levels": [list(s) for s in getattr(run, "levels", [])],
