@@ -47,7 +47,7 @@ import os
 
 import numpy as np
 
-__all__ = ["Config", "ConfigError", "NucleusConfig", "NucleusInferenceConfig"]
+__all__ = ["Config", "ConfigError", "NucleusConfig", "NucleusInferenceConfig", "inference_config"]
 
 
 class ConfigError(ValueError):
@@ -427,3 +427,28 @@ class NucleusInferenceConfig(NucleusConfig):
     IMAGES_PER_GPU = 1
     IMAGE_RESIZE_MODE = "pad64"
     RPN_NMS_THRESHOLD = 0.7
+
+
+def inference_config(config, **overrides):
+    """The inference twin of a training ``config`` (the one derivation every loader uses).
+
+    Same class and values, with one image per batch (``GPU_COUNT = IMAGES_PER_GPU = 1``) and a
+    training ``"crop"`` resize turned into ``"pad64"`` (whole images, padded to a multiple of 64,
+    at the training ``IMAGE_MIN_SCALE``); other resize modes are kept.  ``overrides``
+    (upper-case attribute names) are applied last, e.g. ``RPN_NMS_THRESHOLD=0.7`` as Matterport's
+    nucleus inference.  ``config`` may be an instance (values set on it are kept) or a class.
+    Returns a new instance of a subclass of ``config``'s class; ``config`` is not changed.
+    """
+    cls = config if isinstance(config, type) else type(config)
+    derived = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+    values = {} if isinstance(config, type) else {
+        k: v for k, v in vars(config).items() if k.isupper() and k not in derived}
+    values.update(GPU_COUNT=1, IMAGES_PER_GPU=1)
+    if (values.get("IMAGE_RESIZE_MODE") or cls.IMAGE_RESIZE_MODE) == "crop":
+        values["IMAGE_RESIZE_MODE"] = "pad64"
+    bad = [k for k in overrides if not k.isupper() or not hasattr(cls, k)]
+    if bad:
+        raise ConfigError(f"inference_config: unknown Config attribute(s) {bad} for "
+                          f"{cls.__name__}; use upper-case names of mrcnn_nuclei.config.Config")
+    values.update(overrides)
+    return type(cls.__name__, (cls,), values)()

@@ -1,9 +1,11 @@
-"""samples/nucleus/evaluate.py: the loop with fake detectors of known scores, the files, the CLI."""
+"""mrcnn_nuclei.evaluation.evaluate_dataset and the evaluate command (mrcnn_nuclei.commands.evaluate,
+samples/nucleus/evaluate.py): the loop with fake detectors of known scores, the files, the CLI."""
 
 import csv
 import hashlib
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "samples" / "nucleus" / "evaluate
 
 @pytest.fixture(scope="module")
 def ev():
-    spec = importlib.util.spec_from_file_location("nucleus_evaluate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from mrcnn_nuclei.commands import evaluate
+
+    return evaluate
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from .labels import (check_stack, instance_rles, label_rle_counts, label_runs, l
 from .matching import Contingency, contingency, match_instances
 from .matterport import (compute_ap, compute_ap_range, compute_matches, compute_overlaps_masks,
                          compute_recall)
-from .pannuke import pannuke_bpq, pannuke_mpq
+from .pannuke import pannuke_bpq, pannuke_mpq, tissue_means
 
 __all__ = [
     "to_label", "relabel_sequential", "check_stack", "masks_to_label", "label_to_masks",
@@ -32,5 +32,5 @@ __all__ = [
     "aji", "aji_plus", "panoptic_quality", "dice", "matched_mean_iou", "f1_detection",
     "evaluate_all", "coco_mask_ap",
     "compute_overlaps_masks", "compute_matches", "compute_ap", "compute_ap_range",
-    "compute_recall", "pannuke_bpq", "pannuke_mpq",
+    "compute_recall", "pannuke_bpq", "pannuke_mpq", "tissue_means",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 from .instance import panoptic_quality
 from .labels import relabel_sequential, to_label
 
-__all__ = ["pannuke_bpq", "pannuke_mpq"]
+__all__ = ["pannuke_bpq", "pannuke_mpq", "tissue_means"]
 
 
 def _pannuke_stack(x, n_classes, name):
@@ -44,7 +44,10 @@ def _binarize(stack):
     return out
 
 
-def _tissue_means(per_image, tissues):
+def tissue_means(per_image, tissues):
+    """``(overall, {tissue: mean})``: the nan-mean of the per-image values ``[N]`` of each
+    tissue (first-seen order), and the nan-mean of those tissue means (PanNuke's averaging)."""
+    per_image = np.asarray(per_image, np.float64)
     tissues = np.asarray([str(t) for t in tissues])
     per_tissue = {}
     with warnings.catch_warnings():
@@ -86,7 +89,7 @@ def pannuke_bpq(gts, preds, tissues, n_classes=5):
             isinstance(p, tuple) else to_label(p, f"preds[{i}]")
         if g.any():
             vals[i] = panoptic_quality(g, p)[0]
-    return _tissue_means(vals, tissues)
+    return tissue_means(vals, tissues)
 
 
 def pannuke_mpq(gt_type_maps, pred_type_maps, tissues, n_classes=5):
@@ -117,4 +120,4 @@ def pannuke_mpq(gt_type_maps, pred_type_maps, tissues, n_classes=5):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             vals[i] = np.nanmean(pqs)
-    return _tissue_means(vals, tissues)
+    return tissue_means(vals, tissues)
