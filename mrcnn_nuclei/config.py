@@ -27,6 +27,13 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
 * ``SKIP_BAD_IMAGES``: ``MaskRCNN.train`` checks every image and mask first
   (:func:`mrcnn_nuclei.data.checks.check_dataset`) and raises listing all bad files (False,
   default) or skips them with a logged count (True).
+* ``DISTRIBUTE``: ``"none"`` or ``"data_parallel"``: each batch of ``BATCH_SIZE`` images is split
+  over ``GPU_COUNT`` devices (``tf.distribute.MirroredStrategy`` on TensorFlow,
+  ``keras.distribution.DataParallel`` on JAX, also across processes after
+  ``mrcnn_nuclei.distribute.initialize``); see :mod:`mrcnn_nuclei.distribute`.
+* ``MIXED_PRECISION``: ``None``, ``"mixed_float16"`` or ``"mixed_bfloat16"`` (Keras dtype policy
+  applied while building; losses, proposals, NMS and detections stay float32).
+* ``XLA``: compile the inference function with XLA on TensorFlow (``jit_compile``).
 * ``RESIZE_SEMANTICS``: ``"matterport"`` (default) resizes images and masks exactly as
   Matterport's NumPy code (skimage order-1 resize with a cval-0 border, truncated grey levels;
   corner-aligned nearest masks; mini-masks ``np.around``-ed), so the same weights give the same
@@ -136,6 +143,13 @@ class Config:
     DETECT_MEMORY_LIMIT_GB = "auto"
     AUTO_TILE = False
     SKIP_BAD_IMAGES = False
+    # data-parallel training (mrcnn_nuclei.distribute): "none" or "data_parallel"
+    # (tf.distribute.MirroredStrategy / keras.distribution.DataParallel over GPU_COUNT devices)
+    DISTRIBUTE = "none"
+    # Keras mixed precision: None, "mixed_float16" (GPUs) or "mixed_bfloat16"
+    MIXED_PRECISION = None
+    # TensorFlow backend: compile the inference function with XLA (jit_compile)
+    XLA = False
     RESIZE_SEMANTICS = "matterport"
 
     def __init__(self):
@@ -236,6 +250,13 @@ class Config:
                 isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0)):
             fail("DETECT_MEMORY_LIMIT_GB", "must be a positive number of GB, 'auto' (half the "
                  "machine's memory) or None (no check)")
+        if self.DISTRIBUTE not in ("none", "data_parallel"):
+            fail("DISTRIBUTE", "must be 'none' or 'data_parallel' (spread each batch over "
+                 "GPU_COUNT devices; see mrcnn_nuclei.distribute)")
+        if self.MIXED_PRECISION not in (None, "mixed_float16", "mixed_bfloat16"):
+            fail("MIXED_PRECISION", "must be None, 'mixed_float16' or 'mixed_bfloat16'")
+        if not isinstance(self.XLA, (bool, np.bool_)):
+            fail("XLA", "must be True (compile inference with XLA) or False")
         if not isinstance(self.SKIP_BAD_IMAGES, (bool, np.bool_)):
             fail("SKIP_BAD_IMAGES", "must be True (skip unreadable images, logged) or False "
                  "(MaskRCNN.train raises listing them)")
