@@ -1,18 +1,21 @@
 """Mask R-CNN for nuclei: train and detect from the command line (Matterport's nucleus CLI and more).
 
-Quick start on generated nuclei (no download, a few minutes on a laptop CPU):
+``mrcnn-nuclei train|detect`` and ``python samples/nucleus/train.py train|detect`` (Matterport's
+familiar entry point, a thin wrapper) run this module.  Quick start on generated nuclei (no
+download, a few minutes on a laptop CPU):
 
-    python samples/nucleus/train.py train --dataset=synthetic --weights=none
-    python samples/nucleus/train.py detect --dataset=synthetic --weights=last
+    mrcnn-nuclei train --dataset=synthetic --weights=none
+    mrcnn-nuclei detect --dataset=synthetic --weights=last
 
 Kaggle DSB2018 stage 1 (folder holding stage1_train/ and val_ids.txt):
 
-    python samples/nucleus/train.py train --dataset=/path/to/dsb2018 --subset=train --weights=coco
-    python samples/nucleus/train.py train --dataset=/path/to/dsb2018 --weights=last   # resume
-    python samples/nucleus/train.py detect --dataset=/path/to/dsb2018 --subset=val --weights=last
+    mrcnn-nuclei train --dataset=/path/to/dsb2018 --subset=train --weights=coco
+    mrcnn-nuclei train --dataset=/path/to/dsb2018 --weights=last   # resume
+    mrcnn-nuclei detect --dataset=/path/to/dsb2018 --subset=val --weights=last
 
 --weights: coco (weights/mask_rcnn_coco.h5, class heads excluded), imagenet (the Keras-1 ResNet-50
-file), last (newest checkpoint in --logs), none (random init) or a path.  --schedule picks a named
+file), last (newest checkpoint in --logs), none (random init), a path or (detect) a model folder
+(mrcnn_nuclei.save_model: its own config and post-processing settings).  --schedule picks a named
 staged schedule (mrcnn_nuclei.schedules; default Matterport's heads-to-20 then all-to-40) and
 --epochs changes its per-stage totals, e.g. --epochs=20,40.
 
@@ -26,20 +29,20 @@ import argparse
 import datetime
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
-if str(_REPO) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(_REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from ..config import NucleusConfig, NucleusInferenceConfig, inference_config
 
-from mrcnn_nuclei.config import NucleusConfig, NucleusInferenceConfig  # noqa: E402
+__all__ = ["SyntheticConfig", "make_config", "load_dataset", "check_before_build", "cmd_train",
+           "cmd_detect", "overlay_image", "save_overlay", "build_parser", "add_train_arguments",
+           "add_detect_arguments", "run", "main"]
 
-DEFAULT_LOGS = str(_REPO / "logs")
-DEFAULT_RESULTS = str(_REPO / "results" / "nucleus")
+#: Defaults of --logs and of detect's output folder (relative to the working folder; the
+#: samples/nucleus/train.py wrapper passes folders of the checkout).
+DEFAULT_LOGS = "logs"
+DEFAULT_RESULTS = os.path.join("results", "nucleus")
 
 # Synthetic image sets: training images come from one seed, held-out images from another.
 SYNTHETIC_SEEDS = {"train": 1, "val": 2, "test": 3}
@@ -81,26 +84,19 @@ class SyntheticConfig(NucleusConfig):
     SEED = 0
 
 
-class SyntheticInferenceConfig(SyntheticConfig):
-    """Inference twin of :class:`SyntheticConfig` (one image per batch)."""
-
-    IMAGES_PER_GPU = 1
-
-
 def make_config(args, inference):
-    """Config for the CLI arguments: the preset of the dataset with command-line overrides."""
+    """Config for the CLI arguments: the preset of the dataset with command-line overrides; for
+    ``inference`` its twin (:func:`mrcnn_nuclei.config.inference_config`; DSB with Matterport's
+    inference RPN NMS threshold, as ``NucleusInferenceConfig``)."""
     synthetic = args.dataset == "synthetic"
-    if synthetic:
-        base = SyntheticInferenceConfig if inference else SyntheticConfig
-    else:
-        base = NucleusInferenceConfig if inference else NucleusConfig
+    base = SyntheticConfig if synthetic else NucleusConfig
     overrides = {}
     if getattr(args, "backbone", None):
         overrides["BACKBONE"] = args.backbone
     if getattr(args, "image_size", None):
         size = int(args.image_size)
         overrides.update(IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size)
-        if not synthetic and not inference:
+        if not synthetic:
             overrides["IMAGE_RESIZE_MODE"] = "crop"
     if getattr(args, "steps_per_epoch", None):
         overrides["STEPS_PER_EPOCH"] = int(args.steps_per_epoch)
@@ -108,18 +104,20 @@ def make_config(args, inference):
         overrides["VALIDATION_STEPS"] = int(args.validation_steps)
     if getattr(args, "lr", None):
         overrides["LEARNING_RATE"] = float(args.lr)
-    if getattr(args, "images_per_gpu", None) and not inference:
+    if getattr(args, "images_per_gpu", None):
         overrides["IMAGES_PER_GPU"] = int(args.images_per_gpu)
-    if not overrides:
-        return base()
-    return type(base.__name__, (base,), overrides)()
+    config = type(base.__name__, (base,), overrides)() if overrides else base()
+    if not inference:
+        return config
+    return inference_config(config, **({} if synthetic else {
+        "RPN_NMS_THRESHOLD": NucleusInferenceConfig.RPN_NMS_THRESHOLD}))
 
 
 # ---------------------------------------------------------------------------------------- data
 def load_dataset(args, subset):
     """Prepared Dataset for ``--dataset`` (a DSB folder or "synthetic") and ``subset``."""
     if args.dataset == "synthetic":
-        from mrcnn_nuclei.datasets import SyntheticNucleiDataset
+        from ..datasets import SyntheticNucleiDataset
 
         size = int(args.image_size or SyntheticConfig.IMAGE_MAX_DIM)
         if subset not in SYNTHETIC_SEEDS:
@@ -132,7 +130,7 @@ def load_dataset(args, subset):
         ds = SyntheticNucleiDataset()
         ds.load(count, seed=SYNTHETIC_SEEDS[subset], height=size, width=size, max_nuclei=20)
     else:
-        from mrcnn_nuclei.datasets import DSBDataset
+        from ..datasets import DSBDataset
 
         if not os.path.isdir(args.dataset):
             raise SystemExit(f"--dataset={args.dataset}: not a folder; pass the DSB2018 folder "
@@ -146,13 +144,9 @@ def load_dataset(args, subset):
 
 
 def default_augmentation():
-    """The pipeline module's default augmentation, or None if it is not available."""
-    try:
-        from mrcnn_nuclei.data.augment import default_augmentation as make
-    except ImportError:
-        logging.getLogger(__name__).warning("mrcnn_nuclei.data.augment not available: no "
-                                            "augmentation")
-        return None
+    """The pipeline's default augmentation (:func:`mrcnn_nuclei.data.augment.default_augmentation`)."""
+    from ..data.augment import default_augmentation as make
+
     return make()
 
 
@@ -179,9 +173,9 @@ def check_before_build(args, config, schedule=None):
     NAME) and, for training, a writable ``--logs`` folder and a schedule that trains past the
     checkpoint's epoch.  Returns the weights path (None for ``none``); raises SystemExit,
     OSError or ValueError with the message to show."""
-    from mrcnn_nuclei import weights
-    from mrcnn_nuclei.fileio import check_writable_dir
-    from mrcnn_nuclei.model import checkpoint_epoch
+    from .. import weights
+    from ..fileio import check_writable_dir
+    from ..model import checkpoint_epoch
 
     path = weights.resolve_weights_arg(args.weights, model_dir=args.logs, name=config.NAME)
     if schedule is None:
@@ -201,8 +195,8 @@ def check_before_build(args, config, schedule=None):
 
 def cmd_train(args):
     """Train with the staged schedule; returns the loss recorder's epochs [(epoch, logs)]."""
-    from mrcnn_nuclei import schedules, weights
-    from mrcnn_nuclei.model import MaskRCNN
+    from .. import schedules, weights
+    from ..model import MaskRCNN
 
     config = make_config(args, inference=False)
     epochs = args.epochs or (SYNTHETIC_DEFAULT_EPOCHS if args.dataset == "synthetic" else None)
@@ -263,82 +257,99 @@ def overlay_image(image, masks, alpha=0.45, seed=0):
 
 
 def save_overlay(path, image, result, class_names):
-    """Write a PNG of the detections on ``image`` (visualize.display_instances when present)."""
+    """Write a PNG of the detections on ``image`` (visualize.display_instances; a plain tinted
+    overlay if that fails)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import visualize
+
     try:
-        from mrcnn_nuclei import visualize
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        visualize = None
-    if visualize is not None and hasattr(visualize, "display_instances"):
-        try:
-            fig, ax = plt.subplots(1, figsize=(8, 8))
-            visualize.display_instances(image, result["rois"], result["masks"],
-                                        result["class_ids"], class_names, result["scores"],
-                                        ax=ax, show_bbox=False, show_mask=True, title="")
-            fig.savefig(path, bbox_inches="tight")
-            plt.close(fig)
-            return path
-        except Exception as exc:  # noqa: BLE001 - fall back to the plain overlay below
-            plt.close("all")
-            logging.getLogger(__name__).warning("display_instances failed (%s); writing a plain "
-                                                "overlay", exc)
+        fig, ax = plt.subplots(1, figsize=(8, 8))
+        visualize.display_instances(image, result["rois"], result["masks"], result["class_ids"],
+                                    class_names, result["scores"], ax=ax, show_bbox=False,
+                                    show_mask=True, title="")
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        return path
+    except Exception as exc:  # noqa: BLE001 - fall back to the plain overlay below
+        plt.close("all")
+        logging.getLogger(__name__).warning("display_instances failed (%s); writing a plain "
+                                            "overlay", exc)
     from PIL import Image
 
     Image.fromarray(overlay_image(image, result["masks"])).save(path)
     return path
 
 
-def cmd_detect(args):
-    """Detect on a subset; writes overlays and a Kaggle CSV; returns a summary dict."""
-    from mrcnn_nuclei import weights
-    from mrcnn_nuclei.model import MaskRCNN
+def _is_model_folder(spec):
+    from ..modelfolder import WEIGHTS_NAME
 
+    return os.path.isdir(str(spec)) and os.path.exists(os.path.join(str(spec), WEIGHTS_NAME))
+
+
+def detect_model(args, check=True):
+    """The inference MaskRCNN of ``detect``: a model folder as saved (its config and
+    post-processing), else the config of the arguments with ``--weights`` loaded (checked
+    before the build unless ``check=False``); returns ``(model, weights path or None)``."""
+    from .. import weights
+    from ..model import MaskRCNN
+    from ..modelfolder import PostProcess, load_model
+
+    if _is_model_folder(args.weights):
+        model = load_model(args.weights, allow_partial=args.allow_partial_weights,
+                           model_dir=args.logs)
+        return model, model.source
     config = make_config(args, inference=True)
-    check_before_build(args, config)
-    dataset = load_dataset(args, args.subset)
+    if check:
+        check_before_build(args, config)
     model = MaskRCNN("inference", config, model_dir=args.logs)
-    path, report = weights.load_start_weights(model, args.weights,
-                                              allow_partial=args.allow_partial_weights)
+    path, _ = weights.load_start_weights(model, args.weights,
+                                         allow_partial=args.allow_partial_weights)
+    model.postprocess = PostProcess()
+    return model, path
+
+
+def cmd_detect(args):
+    """Detect on a subset (post-processed: :class:`mrcnn_nuclei.modelfolder.PostProcess`);
+    writes overlays and a Kaggle CSV, prints the DSB score where masks exist; returns a summary
+    dict."""
+    from ..evaluation import detect_images
+    from ..metrics import dsb_score, masks_to_label
+    from ..postprocess import write_submission_csv
+
+    if not _is_model_folder(args.weights):
+        check_before_build(args, make_config(args, inference=True))
+    dataset = load_dataset(args, args.subset)
+    model, path = detect_model(args, check=False)
     print(f"Weights: {path or 'none (random init)'}")
     out_dir = args.out or os.path.join(
-        DEFAULT_RESULTS, f"submit_{datetime.datetime.now():%Y%m%dT%H%M%S}")
+        args.results_dir, f"submit_{datetime.datetime.now():%Y%m%dT%H%M%S}")
     os.makedirs(out_dir, exist_ok=True)
-    try:
-        from mrcnn_nuclei import metrics
-    except ImportError:
-        metrics = None
     rows, scores, counts, times = [], [], [], []
-    for image_id in dataset.image_ids:
-        image = dataset.load_image(image_id)
-        start = time.time()
-        result = model.detect([image], verbose=0)[0]
-        times.append(time.time() - start)
-        source_id = str(dataset.image_info[image_id]["id"])
-        masks = result["masks"]
+    for d in detect_images(model, dataset, dataset.image_ids, model.postprocess,
+                           progress=args.verbose >= 1 and not args.no_progress):
+        masks, source_id = d["masks"], str(dataset.image_info[d["image_id"]]["id"])
+        times.append(d["seconds"])
         counts.append(masks.shape[-1])
         rows.append((source_id, masks))
-        save_overlay(os.path.join(out_dir, f"{source_id}.png"), image, result,
+        save_overlay(os.path.join(out_dir, f"{source_id}.png"), d["image"], d["result"],
                      dataset.class_names)
         line = f"{source_id}: {masks.shape[-1]} nuclei"
         if masks.shape[-1]:
-            line += f", scores {result['scores'].min():.2f}-{result['scores'].max():.2f}"
-        if metrics is not None:
-            try:
-                gt_masks, _ = dataset.load_mask(image_id)
-            except Exception:  # noqa: BLE001 - images without ground truth
-                gt_masks = None
-            if gt_masks is not None:
-                from mrcnn_nuclei.postprocess import masks_to_label
-
-                score = metrics.dsb_score(masks_to_label(gt_masks), masks_to_label(masks))
-                scores.append(score)
-                line += f", DSB score {score:.3f} ({gt_masks.shape[-1]} true)"
+            line += f", scores {d['scores'].min():.2f}-{d['scores'].max():.2f}"
+        try:
+            gt_masks, _ = dataset.load_mask(d["image_id"])
+        except Exception:  # noqa: BLE001 - images without ground truth
+            gt_masks = None
+        if gt_masks is not None:
+            score = dsb_score(masks_to_label(gt_masks), masks_to_label(masks))
+            scores.append(score)
+            line += f", DSB score {score:.3f} ({gt_masks.shape[-1]} true)"
         print(line)
     csv_path = os.path.join(out_dir, "submit.csv")
-    from mrcnn_nuclei.postprocess import write_submission_csv
-
     write_submission_csv(csv_path, rows)
     summary = {"images": len(rows), "detections": int(sum(counts)), "out_dir": out_dir,
                "csv": csv_path, "median_seconds": float(np.median(times)) if times else 0.0,
@@ -351,36 +362,31 @@ def cmd_detect(args):
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def build_parser():
-    """The argparse parser of ``train`` and ``detect``."""
-    p = argparse.ArgumentParser(
-        description="Train or run Mask R-CNN on nuclei (Kaggle DSB2018 or generated nuclei).",
-        epilog="Example: %(prog)s train --dataset=synthetic --weights=none")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,detect}")
+def _common_arguments(sp, default_logs):
+    sp.add_argument("--dataset", required=True, metavar="DIR|synthetic",
+                    help="DSB2018 folder (stage1_train/, val_ids.txt) or 'synthetic'")
+    sp.add_argument("--weights", required=True, metavar="coco|imagenet|last|none|PATH",
+                    help="start weights (coco excludes the class-specific heads)")
+    sp.add_argument("--logs", default=default_logs, metavar="DIR",
+                    help=f"checkpoints and TensorBoard logs (default {default_logs})")
+    sp.add_argument("--image-size", type=int, default=None, metavar="N",
+                    help="square image / crop size (multiple of 64)")
+    sp.add_argument("--backbone", default=None,
+                    choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    sp.add_argument("--synthetic-count", type=int, default=64, metavar="N",
+                    help="synthetic training images (held-out sets get N/4)")
+    sp.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="use only the first N images of the subset")
+    sp.add_argument("--allow-partial-weights", action="store_true",
+                    help="detect: accept a weights file that leaves layers of the model "
+                         "unfilled (random); without it that is an error naming them "
+                         "(training always accepts and reports them)")
+    sp.add_argument("-v", "--verbose", action="count", default=1)
 
-    def common(sp):
-        sp.add_argument("--dataset", required=True, metavar="DIR|synthetic",
-                        help="DSB2018 folder (stage1_train/, val_ids.txt) or 'synthetic'")
-        sp.add_argument("--weights", required=True, metavar="coco|imagenet|last|none|PATH",
-                        help="start weights (coco excludes the class-specific heads)")
-        sp.add_argument("--logs", default=DEFAULT_LOGS, metavar="DIR",
-                        help=f"checkpoints and TensorBoard logs (default {DEFAULT_LOGS})")
-        sp.add_argument("--image-size", type=int, default=None, metavar="N",
-                        help="square image / crop size (multiple of 64)")
-        sp.add_argument("--backbone", default=None,
-                        choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-        sp.add_argument("--synthetic-count", type=int, default=64, metavar="N",
-                        help="synthetic training images (held-out sets get N/4)")
-        sp.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N images of the subset")
-        sp.add_argument("--allow-partial-weights", action="store_true",
-                        help="detect: accept a weights file that leaves layers of the model "
-                             "unfilled (random); without it that is an error naming them "
-                             "(training always accepts and reports them)")
-        sp.add_argument("-v", "--verbose", action="count", default=1)
 
-    t = sub.add_parser("train", help="train with a staged schedule")
-    common(t)
+def add_train_arguments(t, default_logs=DEFAULT_LOGS):
+    """The ``train`` options on the argparse parser ``t``."""
+    _common_arguments(t, default_logs)
     t.add_argument("--subset", default="train", help="train (default) or val")
     t.add_argument("--schedule", default="matterport",
                    help="matterport (default: heads to 20, all to 40), three-stage, "
@@ -395,18 +401,38 @@ def build_parser():
     t.add_argument("--workers", type=int, default=1, metavar="N", help="data loader workers")
     t.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
                    help="auto: on for DSB, off for synthetic")
+    t.set_defaults(command="train")
+    return t
 
-    d = sub.add_parser("detect", help="detect, write overlays and a Kaggle submission CSV")
-    common(d)
+
+def add_detect_arguments(d, default_logs=DEFAULT_LOGS, default_results=DEFAULT_RESULTS):
+    """The ``detect`` options on the argparse parser ``d``."""
+    _common_arguments(d, default_logs)
     d.add_argument("--subset", default="val", help="val (default), train or test (synthetic)")
     d.add_argument("--out", default=None, metavar="DIR",
-                   help=f"output folder (default {DEFAULT_RESULTS}/submit_<time>)")
+                   help=f"output folder (default {default_results}/submit_<time>)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(command="detect", results_dir=default_results)
+    return d
+
+
+def build_parser(prog=None, default_logs=DEFAULT_LOGS, default_results=DEFAULT_RESULTS):
+    """The argparse parser of ``train`` and ``detect``."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train or run Mask R-CNN on nuclei (Kaggle DSB2018 or generated nuclei).",
+        epilog="Example: %(prog)s train --dataset=synthetic --weights=none")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,detect}")
+    add_train_arguments(sub.add_parser("train", help="train with a staged schedule"),
+                        default_logs)
+    add_detect_arguments(sub.add_parser(
+        "detect", help="detect, write overlays and a Kaggle submission CSV"), default_logs,
+        default_results)
     return p
 
 
-def main(argv=None):
-    """Entry point: parse ``argv`` and run the command; returns its result."""
-    args = build_parser().parse_args(argv)
+def run(args):
+    """Run parsed ``train`` / ``detect`` arguments; returns the command's result."""
     logging.basicConfig(level=logging.INFO if args.verbose > 1 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     print(f"Command: {args.command}  dataset: {args.dataset}  weights: {args.weights}  "
@@ -421,5 +447,7 @@ def main(argv=None):
         raise SystemExit(f"error: {err}\n(run with -vv for the traceback)") from None
 
 
-if __name__ == "__main__":
-    main()
+def main(argv=None, **parser_options):
+    """Entry point: parse ``argv`` and run the command; returns its result.
+    parser_options: see :func:`build_parser` (the script passes its checkout's folders)."""
+    return run(build_parser(**parser_options).parse_args(argv))
