@@ -1,6 +1,12 @@
 """The ``mrcnn-nuclei`` command: one sub-command per task, each a function ``cmd_<name>(args)``
 registered by an ``add_<name>(subparsers)`` function.
 
+    mrcnn-nuclei train --dataset=DIR|synthetic --weights=coco|imagenet|last|none|PATH [...]
+    mrcnn-nuclei detect --dataset=DIR|synthetic --weights=...|MODEL_FOLDER [--out DIR]
+    mrcnn-nuclei evaluate --dataset=DIR|synthetic --weights=...|MODEL_FOLDER --out DIR
+    mrcnn-nuclei info MODEL_FOLDER|WEIGHTS
+    mrcnn-nuclei save-model --weights=PATH|last --out MODEL_FOLDER [--min-size N ...]
+
     mrcnn-nuclei segment SLIDE... --weights W --out DIR [--scheduler tcp://host:8786]
                  [--workers N] [--threads N] [--tile 1024 --overlap 128] [--level L | --mpp M]
                  [--no-tissue-mask] [--segmenter classical]
@@ -75,8 +81,95 @@ def cmd_segment(args):
     return 0
 
 
+# ------------------------------------------------------- train, detect, evaluate, info, save-model
+def add_train(subparsers):
+    from .commands import nucleus
+
+    p = subparsers.add_parser(
+        "train", help="train on DSB2018 or generated nuclei with a staged schedule",
+        description="Train Mask R-CNN (Matterport's nucleus schedule by default); checkpoints "
+                    "and the config JSON go to LOGS/<name><timestamp>/; --weights=last resumes.")
+    nucleus.add_train_arguments(p)
+    p.set_defaults(func=cmd_nucleus)
+    return p
+
+
+def add_detect(subparsers):
+    from .commands import nucleus
+
+    p = subparsers.add_parser(
+        "detect", help="detect on a subset: overlays and a Kaggle submission CSV",
+        description="Detect nuclei on a dataset subset; --weights also takes a model folder "
+                    "(its config and post-processing settings).")
+    nucleus.add_detect_arguments(p)
+    p.set_defaults(func=cmd_nucleus)
+    return p
+
+
+def cmd_nucleus(args):
+    from .commands import nucleus
+
+    nucleus.run(args)
+    return 0
+
+
+def add_evaluate(subparsers):
+    from .commands import evaluate
+
+    p = subparsers.add_parser(
+        "evaluate", help="every metric on a dataset subset (DSB, COCO AP, AJI, PQ, ...)",
+        description=evaluate.__doc__.split("\n")[0] + " Writes per_image.csv, summary.json, "
+                    "predictions_coco.json and labels/ in --out.")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def cmd_evaluate(args):
+    from .commands import evaluate
+
+    evaluate.run(args)
+    return 0
+
+
+def add_info(subparsers):
+    from .commands import model
+
+    p = subparsers.add_parser("info", help="what a model folder or weights file holds",
+                              description=model.describe.__doc__.split("\n")[0])
+    model.add_info_arguments(p)
+    p.set_defaults(func=cmd_info)
+    return p
+
+
+def cmd_info(args):
+    from .commands import model
+
+    model.run_info(args)
+    return 0
+
+
+def add_save_model(subparsers):
+    from .commands import model
+
+    p = subparsers.add_parser(
+        "save-model", help="a checkpoint + its config -> a model folder with post-processing",
+        description="Write a model folder (weights, config.json, postprocess.json) that "
+                    "mrcnn_nuclei.load_model / MaskRCNN.from_folder / --weights take.")
+    model.add_save_model_arguments(p)
+    p.set_defaults(func=cmd_save_model)
+    return p
+
+
+def cmd_save_model(args):
+    from .commands import model
+
+    model.run_save_model(args)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
-COMMANDS = (add_segment,)
+COMMANDS = (add_segment, add_train, add_detect, add_evaluate, add_info, add_save_model)
 
 
 def build_parser():

@@ -724,3 +724,18 @@ class MaskRCNN:
     def ancestor(self, tensor, name, checked=None):  # pragma: no cover - Matterport debugging aid
         raise NotImplementedError("ancestor() is a TF1 graph helper; use keras_model.get_layer")
 
+    # -------------------------------------------------------------------------- model folders
+    @classmethod
+    def from_folder(cls, folder, allow_partial=False, **options):
+        """A ready inference model from a model folder (or a weights file with its config):
+        :func:`mrcnn_nuclei.modelfolder.load_model`; ``.postprocess`` holds its settings."""
+        from .modelfolder import load_model
+
+        return load_model(folder, allow_partial=allow_partial, **options)
+
+    def save_folder(self, folder, postprocess=None):
+        """Weights, config and post-processing settings in one folder:
+        :func:`mrcnn_nuclei.modelfolder.save_model`. Returns the folder."""
+        from .modelfolder import save_model
+
+        return save_model(self, folder, postprocess)
