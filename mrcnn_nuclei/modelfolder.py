@@ -79,10 +79,14 @@ class PostProcess:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def detect(self, model, image):
-        """One image's detection dict from a MaskRCNN, masks at ``mask_threshold``."""
-        if float(self.mask_threshold) == 0.5 or not hasattr(model, "detect_soft"):
-            return model.detect([image], verbose=0)[0]
-        r = model.detect_soft([image], verbose=0)[0]
+        """One image's detection dict from a MaskRCNN (anything with ``detect(images)``: TTA,
+        ensembles), masks at ``mask_threshold`` (another value than 0.5 needs ``detect_soft``)."""
+        if float(self.mask_threshold) == 0.5:
+            return model.detect([image])[0]
+        if not hasattr(model, "detect_soft"):
+            raise TypeError(f"PostProcess.mask_threshold={self.mask_threshold} needs a model with "
+                            f"detect_soft (soft masks); {type(model).__name__} has none")
+        r = model.detect_soft([image])[0]
         r["masks"] = r["soft_masks"] >= float(self.mask_threshold)
         return r
 

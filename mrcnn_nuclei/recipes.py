@@ -20,11 +20,10 @@ import time
 import keras
 import numpy as np
 
-from . import metrics, postprocess
-from .config import NucleusConfig
+from .config import NucleusConfig, inference_config
 
 __all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
-           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve"]
+           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader"]
 
 
 class DSBScratchConfig(NucleusConfig):
@@ -74,55 +73,33 @@ def config_with(base, **overrides):
 
 def inference_twin(config):
     """Inference config matching a training ``config``: one image per batch, images padded to a
-    multiple of 64 at the training scale (``IMAGE_MIN_SCALE``, never below 1)."""
-    values = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, "IMAGE_RESIZE_MODE": "pad64",
-              "IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": max(64, int(config.IMAGE_MAX_DIM))}
-    return config_with(type(config), **{**_overrides_of(config), **values})
-
-
-def _overrides_of(config):
-    """Upper-case attributes of a config instance that differ from its class (keeps overrides
-    made with :func:`config_with` when the twin is derived)."""
-    out = {}
-    for name in dir(type(config)):
-        if name.isupper() and name not in ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE"):
-            out[name] = getattr(config, name)
-    return out
+    multiple of 64 at the training scale (``IMAGE_MIN_SCALE``, never below 1); the package's
+    one derivation (:func:`mrcnn_nuclei.config.inference_config`) with any resize mode made
+    ``pad64`` and no minimum side."""
+    return inference_config(config, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
+                            IMAGE_MAX_DIM=max(64, int(config.IMAGE_MAX_DIM)))
 
 
 def evaluate_model(model, dataset, image_ids=None, min_size=0):
-    """Detect and score held-out images.
+    """Detect and score held-out images (:func:`mrcnn_nuclei.evaluation.evaluate_dataset`, no
+    files, NumPy COCO AP).
 
     model: a MaskRCNN in inference mode. dataset: a prepared Dataset with masks.
     image_ids: internal ids (default all). Returns a dict: ``dsb`` (Kaggle score, mean over
     images), ``aji``, ``pq`` (means), ``AP``/``AP50`` (COCO mask AP over the set), ``n_pred``,
     ``n_gt`` (totals), ``seconds``.
     """
+    from .evaluation import evaluate_dataset
+
     ids = list(dataset.image_ids if image_ids is None else image_ids)
     if not ids:
         raise ValueError("evaluate_model: no image ids to evaluate")
     t0 = time.perf_counter()
-    rows, gts, preds, scores = [], [], [], []
-    for image_id in ids:
-        image = dataset.load_image(image_id)
-        gt_masks, _ = dataset.load_mask(image_id)
-        r = model.detect([image], verbose=0)[0]
-        masks = np.asarray(r["masks"]) > 0
-        sc = np.asarray(r["scores"], np.float64)
-        masks = postprocess.resolve_overlaps(masks, sc)
-        keep = masks.sum(axis=(0, 1)) >= max(int(min_size), 1)
-        masks, sc = masks[..., keep], sc[keep]
-        gt = postprocess.masks_to_label(gt_masks)
-        pred = postprocess.masks_to_label(masks)
-        rows.append(metrics.evaluate_all(gt, pred))
-        gts.append(gt)
-        preds.append(pred)
-        scores.append(sc)
-    coco = metrics.coco_mask_ap(gts, preds, scores, backend="numpy")
-    out = {k: float(np.nanmean([row[k] for row in rows])) for k in ("dsb", "aji", "pq")}
-    out.update(AP=float(coco["AP"]), AP50=float(coco["AP50"]),
-               n_pred=int(sum(row["n_pred"] for row in rows)),
-               n_gt=int(sum(row["n_gt"] for row in rows)),
+    s = evaluate_dataset(model, dataset, ids, min_size=min_size, coco_backend="numpy",
+                         pannuke=False, verbose=0)
+    out = {k: s["means"][k] for k in ("dsb", "aji", "pq")}
+    out.update(AP=float(s["coco"]["AP"]), AP50=float(s["coco"]["AP50"]),
+               n_pred=s["totals"]["n_pred"], n_gt=s["totals"]["n_gt"],
                seconds=round(time.perf_counter() - t0, 1))
     return out
 
@@ -251,20 +228,14 @@ def format_curve(curve, header=True):
     return "\n".join(lines)
 
 
-def _cached_maskrcnn_class():
-    """MaskRCNN whose training loader keeps decoded images and bit-packed masks in memory
-    (DSB images hold up to hundreds of mask PNGs; decoding them dominates a CPU step)."""
-    from .data.loader import TrainingLoader
-    from .model import MaskRCNN
+def cached_loader(dataset, config, **options):
+    """``MaskRCNN.train(loader=...)`` factory whose training loader keeps decoded images and
+    bit-packed masks in memory (DSB images hold up to hundreds of mask PNGs; decoding them
+    dominates a CPU step); thread workers only."""
+    from .training import make_training_loader
 
-    class CachedMaskRCNN(MaskRCNN):
-        def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing, steps):
-            return TrainingLoader(dataset, self.config, shuffle=shuffle,
-                                  augmentation=augmentation, seed=self.config.SEED,
-                                  workers=workers, use_multiprocessing=False,
-                                  steps_per_epoch=steps, cache=True)
-
-    return CachedMaskRCNN
+    options["use_multiprocessing"] = False
+    return make_training_loader(dataset, config, cache=True, **options)
 
 
 def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_at=(),
@@ -280,11 +251,9 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     end. The training loader caches decoded images and masks (thread workers only)."""
     from .model import LearningRateDecay, MaskRCNN
 
-    Cached = _cached_maskrcnn_class()
-
     if config.SEED is not None:
         keras.utils.set_random_seed(int(config.SEED))
-    model = Cached("training", config, model_dir=model_dir)
+    model = MaskRCNN("training", config, model_dir=model_dir)
     infer = MaskRCNN("inference", inference_twin(config), model_dir=model_dir)
 
     def evaluate(ids=val_ids):
@@ -306,7 +275,7 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
                                            progress=budget.fraction))
     model.train(train_dataset, None, config.LEARNING_RATE, epochs=100000, layers="all",
                 augmentation=augmentation, custom_callbacks=callbacks,
-                workers=workers,
+                workers=workers, loader=cached_loader,
                 verbose=0 if verbose < 2 else 2)
     curve.extend(budget.curve)
     if final_val_ids is not None and curve:

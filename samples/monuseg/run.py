@@ -36,54 +36,54 @@ MONUSEG_MEAN_PIXEL = np.array([177.1, 127.8, 163.4])
 
 
 def make_config(training=True, backbone="resnet50", min_confidence=0.5, steps_per_epoch=None):
-    """MoNuSeg config: 512x512 random crops of the 1000x1000 tiles for training, pad64 inference."""
-    from mrcnn_nuclei.config import NucleusConfig
+    """MoNuSeg config: 512x512 random crops of the 1000x1000 tiles for training; its inference
+    twin (mrcnn_nuclei.config.inference_config: whole tiles, pad64) with more proposals."""
+    from mrcnn_nuclei.config import NucleusConfig, inference_config
 
     attrs = dict(NAME="monuseg", NUM_CLASSES=2, BACKBONE=backbone, MEAN_PIXEL=MONUSEG_MEAN_PIXEL,
                  MAX_GT_INSTANCES=400, DETECTION_MAX_INSTANCES=600,
-                 DETECTION_MIN_CONFIDENCE=min_confidence)
+                 DETECTION_MIN_CONFIDENCE=min_confidence,
+                 IMAGES_PER_GPU=2, IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=512,
+                 IMAGE_MAX_DIM=512, IMAGE_MIN_SCALE=0, STEPS_PER_EPOCH=steps_per_epoch or 100,
+                 VALIDATION_STEPS=5)
+    config = type("MoNuSegConfig", (NucleusConfig,), attrs)()
     if training:
-        attrs.update(IMAGES_PER_GPU=2, IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=512,
-                     IMAGE_MAX_DIM=512, IMAGE_MIN_SCALE=0, STEPS_PER_EPOCH=steps_per_epoch or 100,
-                     VALIDATION_STEPS=5)
-    else:
-        attrs.update(IMAGES_PER_GPU=1, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
-                     IMAGE_MAX_DIM=1024, IMAGE_MIN_SCALE=0, RPN_NMS_THRESHOLD=0.7,
-                     POST_NMS_ROIS_INFERENCE=3000)
-    return type("MoNuSegConfig", (NucleusConfig,), attrs)()
+        return config
+    return inference_config(config, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=1024,
+                            RPN_NMS_THRESHOLD=0.7, POST_NMS_ROIS_INFERENCE=3000)
 
 
-def predict_label(detector, image, tile_size=512, overlap=96):
-    """One tile -> label image [H, W] int32 (tiled when ``tile_size`` > 0)."""
+def tile_detector(detector, tile_size=512, overlap=96):
+    """``image -> detection dict``: ``detector.detect`` on the whole image, or on overlapping
+    tiles (mrcnn_nuclei.inference.tiled_detect) when ``tile_size`` > 0 and the image is larger."""
     from mrcnn_nuclei.inference import tiled_detect
-    from mrcnn_nuclei.postprocess import masks_to_label
+    from mrcnn_nuclei.metrics import label_to_masks
 
-    if tile_size and max(image.shape[:2]) > tile_size:
-        return tiled_detect(lambda tile: detector.detect([tile])[0], image, tile_size=tile_size,
-                            overlap=overlap)
-    result = detector.detect([image])[0]
-    if result["masks"].shape[-1] == 0:
-        return np.zeros(image.shape[:2], np.int32)
-    return masks_to_label(result["masks"], result.get("scores"))
+    def detect(image):
+        if tile_size and max(image.shape[:2]) > tile_size:
+            label, scores = tiled_detect(lambda tile: detector.detect([tile])[0], image,
+                                         tile_size=tile_size, overlap=overlap,
+                                         return_scores=True)
+            return {"masks": label_to_masks(label, n_instances=len(scores)), "scores": scores}
+        return detector.detect([image])[0]
+
+    return detect
 
 
 def evaluate(detector, dataset, image_ids=None, fold="", tile_size=512, overlap=96,
              verbose=True):
-    """Score ``detector`` on images of ``dataset`` -> list of per-image dicts (AJI, PQ, Dice)."""
-    from mrcnn_nuclei.metrics import aji, dice, panoptic_quality
-    from mrcnn_nuclei.postprocess import masks_to_label
+    """Score ``detector`` on images of ``dataset`` -> list of per-image dicts (AJI, PQ, Dice);
+    the loop is mrcnn_nuclei.evaluation.evaluate_dataset."""
+    from mrcnn_nuclei.evaluation import evaluate_dataset
 
+    ids = list(dataset.image_ids if image_ids is None else image_ids)
+    s = evaluate_dataset(tile_detector(detector, tile_size, overlap), dataset, ids,
+                         coco_backend="numpy", pannuke=False, verbose=0)
     rows = []
-    for image_id in (dataset.image_ids if image_ids is None else image_ids):
-        info = dataset.image_info[image_id]
-        image = dataset.load_image(image_id)
-        masks, _ = dataset.load_mask(image_id)
-        gt = masks_to_label(masks) if masks.shape[-1] else np.zeros(image.shape[:2], np.int32)
-        pred = predict_label(detector, image, tile_size, overlap)
-        pq = panoptic_quality(gt, pred)[0]
-        row = {"fold": fold, "image": info["id"], "organ": info.get("organ"),
-               "n_gt": int(masks.shape[-1]), "n_pred": int(len(np.unique(pred[pred > 0]))),
-               "AJI": aji(gt, pred), "PQ": pq, "Dice": dice(gt, pred)}
+    for r in s["per_image"]:
+        info = dataset.image_info[r["index"]]
+        row = {"fold": fold, "image": info["id"], "organ": info.get("organ"), "n_gt": r["n_gt"],
+               "n_pred": r["n_pred"], "AJI": r["aji"], "PQ": r["pq"], "Dice": r["dice"]}
         rows.append(row)
         if verbose:
             print(f"{row['image']:<28} {str(row['organ']):<9} AJI {row['AJI']:.4f}  "

@@ -22,7 +22,6 @@ import csv
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +34,10 @@ import numpy as np  # noqa: E402
 # ------------------------------------------------------------------------------------ configs
 def make_config(classes="binary", training=True, backbone="resnet50", min_confidence=0.5,
                 steps_per_epoch=None):
-    """PanNuke config: 256x256 patches upsampled to 512 (nuclei are small), nucleus anchors."""
-    from mrcnn_nuclei.config import NucleusConfig
+    """PanNuke config: 256x256 patches upsampled to 512 (nuclei are small), nucleus anchors;
+    ``training=False``: its inference twin (mrcnn_nuclei.config.inference_config) with
+    Matterport's inference RPN NMS threshold 0.7."""
+    from mrcnn_nuclei.config import NucleusConfig, inference_config
 
     attrs = dict(
         NAME="pannuke_" + classes,
@@ -46,85 +47,34 @@ def make_config(classes="binary", training=True, backbone="resnet50", min_confid
         MEAN_PIXEL=np.array([184.0, 141.0, 180.0]),  # H&E-like; replace with your own means
         MAX_GT_INSTANCES=200, DETECTION_MAX_INSTANCES=300,
         DETECTION_MIN_CONFIDENCE=min_confidence,
+        IMAGES_PER_GPU=2, STEPS_PER_EPOCH=steps_per_epoch or 500, VALIDATION_STEPS=10,
     )
-    if training:
-        attrs.update(IMAGES_PER_GPU=2, STEPS_PER_EPOCH=steps_per_epoch or 500, VALIDATION_STEPS=10)
-    else:
-        attrs.update(IMAGES_PER_GPU=1, RPN_NMS_THRESHOLD=0.7)
-    return type("PanNukeConfig", (NucleusConfig,), attrs)()
+    config = type("PanNukeConfig", (NucleusConfig,), attrs)()
+    return config if training else inference_config(config, RPN_NMS_THRESHOLD=0.7)
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def _prediction(result, height, width):
-    """detect() dict -> (label [H, W] int32, class_map [H, W] int32)."""
-    from mrcnn_nuclei.postprocess import masks_to_label
-
-    masks = np.asarray(result["masks"])
-    if masks.shape[-1] == 0:
-        zero = np.zeros((height, width), np.int32)
-        return zero, zero
-    label = masks_to_label(masks, result.get("scores"))
-    class_ids = np.concatenate([[0], np.asarray(result["class_ids"], np.int32)])
-    return label, class_ids[label].astype(np.int32)
-
-
-def _gt_type_maps(dataset, image_id):
-    """Ground-truth per-type instance maps [H, W, 5] (from the dataset, or its masks)."""
-    if hasattr(dataset, "load_type_maps"):
-        return np.asarray(dataset.load_type_maps(image_id))
-    masks, class_ids = dataset.load_mask(image_id)
-    ids = np.arange(1, masks.shape[-1] + 1)
-    maps = np.zeros(masks.shape[:2] + (5,), np.int32)
-    for c in range(1, 6):  # the five type channels; instance k keeps id k + 1
-        sel = np.asarray(class_ids) == c
-        if sel.any():
-            maps[..., c - 1] = (masks[..., sel] * ids[sel]).max(-1)
-    return maps
-
-
-def _tissue_table(values, tissues):
-    """{tissue: nan-mean}, and the mean over tissues."""
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for t in dict.fromkeys(tissues):
-            out[t] = float(np.nanmean([v for v, tt in zip(values, tissues) if tt == t]))
-        overall = float(np.nanmean(list(out.values()))) if out else float("nan")
-    return overall, out
-
-
 def evaluate(detector, dataset, classes="binary", out_dir=None, limit=None, verbose=True):
     """Detect every image of ``dataset`` and score it -> summary dict.
 
     detector: anything with ``detect([image]) -> [dict]`` (MaskRCNN, Ensemble, ...).
-    Per image: binary PQ (all nuclei) and, for ``classes="multi"``, the multi-class PQ; both go
-    through mrcnn_nuclei.metrics.pannuke_bpq/pannuke_mpq one image at a time (memory stays flat),
-    then per-tissue means and the mean over tissues.  Writes CSV/JSON when ``out_dir`` is set.
+    The loop is mrcnn_nuclei.evaluation.evaluate_dataset: per image binary PQ (all nuclei) and,
+    for ``classes="multi"``, the multi-class PQ, then per-tissue means and the mean over
+    tissues (mrcnn_nuclei.metrics.tissue_means).  Writes CSV/JSON when ``out_dir`` is set.
     """
-    from mrcnn_nuclei.metrics import pannuke_bpq, pannuke_mpq
+    from mrcnn_nuclei.evaluation import evaluate_dataset
 
-    ids = list(dataset.image_ids)[:limit]
-    rows, bvals, mvals, tissues = [], [], [], []
-    for image_id in ids:
-        info = dataset.image_info[image_id]
-        image = dataset.load_image(image_id)
-        h, w = image.shape[:2]
-        gt = _gt_type_maps(dataset, image_id)
-        label, class_map = _prediction(detector.detect([image])[0], h, w)
-        tissue = str(info.get("tissue") or "unknown")
-        b = pannuke_bpq([gt], [label], [tissue])[0]
-        m = pannuke_mpq([gt], [(label, class_map)], [tissue])[0] if classes == "multi" else \
-            float("nan")
-        rows.append({"image": info["id"], "tissue": tissue, "n_gt": int(len(np.unique(
-            gt[gt > 0]))), "n_pred": int(label.max()), "bPQ": b, "mPQ": m})
-        bvals.append(b)
-        mvals.append(m)
-        tissues.append(tissue)
-    bpq, b_tissue = _tissue_table(bvals, tissues)
-    mpq, m_tissue = _tissue_table(mvals, tissues) if classes == "multi" else (None, {})
-    summary = {"images": len(rows), "classes": classes, "bPQ": bpq, "mPQ": mpq,
-               "per_tissue": {t: {"bPQ": b_tissue[t], "mPQ": m_tissue.get(t),
-                                  "images": tissues.count(t)} for t in b_tissue}}
+    multi = classes == "multi"
+    s = evaluate_dataset(detector, dataset, list(dataset.image_ids)[:limit], pannuke=True,
+                         default_tissue="unknown", coco_backend="numpy", verbose=0)
+    rows = [{"image": dataset.image_info[r["index"]]["id"], "tissue": r["tissue"],
+             "n_gt": r["n_gt"], "n_pred": r["n_pred"], "bPQ": r["bpq"],
+             "mPQ": r["mpq"] if multi else float("nan")} for r in s["per_image"]]
+    pan = s["pannuke"]
+    summary = {"images": len(rows), "classes": classes, "bPQ": pan["bpq"],
+               "mPQ": pan["mpq"] if multi else None,
+               "per_tissue": {t: {"bPQ": v["bpq"], "mPQ": v["mpq"] if multi else None,
+                                  "images": v["images"]} for t, v in pan["per_tissue"].items()}}
     if verbose:
         print(format_table(summary))
     if out_dir:
