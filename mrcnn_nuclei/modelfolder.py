@@ -202,13 +202,14 @@ def inference_config_for(path, default=None, config_class=None, **overrides):
 
 
 def load_model(path, allow_partial=False, config_class=None, model_dir=None, postprocess=None,
-               default_config=None, **config_overrides):
+               default_config=None, config=None, **config_overrides):
     """A ready inference MaskRCNN from a model folder (or a weights file with its config).
 
     allow_partial: accept a weights file that leaves layers unfilled (else
     :class:`~mrcnn_nuclei.weights.PartialWeightsError`). config_class: see
     :func:`inference_config_for`. model_dir: the model's ``model_dir`` (default the folder).
     default_config: config for a weights file without a config JSON (None: an error).
+    config: a ready inference config used as is instead of the saved one (e.g. tile-sized).
     postprocess: settings replacing the folder's ``postprocess.json``. config_overrides:
     upper-case Config attributes, e.g. ``DETECTION_MIN_CONFIDENCE=0.7``.
     Returns the MaskRCNN with ``.postprocess`` (a :class:`PostProcess`) and ``.source`` (the
@@ -217,8 +218,9 @@ def load_model(path, allow_partial=False, config_class=None, model_dir=None, pos
     from .model import MaskRCNN
 
     weights, folder = _weights_in(path)
-    config = inference_config_for(weights, default=default_config, config_class=config_class,
-                                  **config_overrides)
+    if config is None:
+        config = inference_config_for(weights, default=default_config,
+                                      config_class=config_class, **config_overrides)
     model = MaskRCNN("inference", config, model_dir=model_dir or folder)
     model.load_weights(weights, by_name=True, allow_partial=allow_partial)
     if postprocess is None:

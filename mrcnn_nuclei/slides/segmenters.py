@@ -107,13 +107,13 @@ class MaskRCNNSpec:
     @classmethod
     def from_path(cls, weights, class_names=(), min_confidence=None):
         path = resolve_weights(weights)
-        from ..weights import config_path_beside
+        from ..weights import config_path_beside, find_config_beside
 
-        cfg = config_path_beside(path)
-        if not os.path.exists(cfg):
+        if find_config_beside(path) is None:
             raise FileNotFoundError(
-                f"--weights {path}: no config {cfg} beside it; save the model with "
-                "mrcnn_nuclei.weights.save_weights(model.keras_model, path, config) so the "
+                f"--weights {path}: no config {config_path_beside(path)} or config.json beside "
+                "it; save the model with mrcnn_nuclei.save_model(model, folder) (or "
+                "mrcnn_nuclei.weights.save_weights(model.keras_model, path, config)) so the "
                 "config JSON is written next to the weights")
         st = os.stat(path)
         return cls(path, tuple(class_names), min_confidence, (st.st_size, int(st.st_mtime_ns)))
@@ -137,16 +137,16 @@ class _MaskRCNN:
     def __init__(self, spec):
         import tempfile
 
-        from ..model import MaskRCNN
+        from ..modelfolder import load_model
         from ..recipes import config_with, inference_twin
         from ..weights import load_config_beside
 
         config = load_config_beside(spec.weights)
         if spec.min_confidence is not None:
             config = config_with(type(config), DETECTION_MIN_CONFIDENCE=float(spec.min_confidence))
-        self.config = inference_twin(config)
-        self.model = MaskRCNN("inference", self.config, model_dir=tempfile.gettempdir())
-        self.model.load_weights(spec.weights, by_name=True)
+        self.config = inference_twin(config)  # tiles: pad64 at the training scale
+        self.model = load_model(spec.weights, config=self.config,
+                                model_dir=tempfile.gettempdir())
         self.lock = threading.Lock()
 
     def __call__(self, tile):
@@ -167,9 +167,9 @@ def class_names_for(spec):
         return ("nucleus",)
     import json
 
-    from ..weights import config_path_beside
+    from ..weights import find_config_beside
 
-    with open(config_path_beside(spec.weights)) as f:
+    with open(find_config_beside(spec.weights)) as f:
         values = json.load(f).get("values", {})
     n = int(values.get("NUM_CLASSES", 2)) - 1
     if n == 5:
