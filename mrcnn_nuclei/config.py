@@ -33,7 +33,6 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
   ``mrcnn_nuclei.distribute.initialize``); see :mod:`mrcnn_nuclei.distribute`.
 * ``MIXED_PRECISION``: ``None``, ``"mixed_float16"`` or ``"mixed_bfloat16"`` (Keras dtype policy
   applied while building; losses, proposals, NMS and detections stay float32).
-* ``XLA``: compile the inference function with XLA on TensorFlow (``jit_compile``).
 * ``RESIZE_SEMANTICS``: ``"matterport"`` (default) resizes images and masks exactly as
   Matterport's NumPy code (skimage order-1 resize with a cval-0 border, truncated grey levels;
   corner-aligned nearest masks; mini-masks ``np.around``-ed), so the same weights give the same
@@ -148,8 +147,6 @@ class Config:
     DISTRIBUTE = "none"
     # Keras mixed precision: None, "mixed_float16" (GPUs) or "mixed_bfloat16"
     MIXED_PRECISION = None
-    # TensorFlow backend: compile the inference function with XLA (jit_compile)
-    XLA = False
     RESIZE_SEMANTICS = "matterport"
 
     def __init__(self):
@@ -255,8 +252,6 @@ class Config:
                  "GPU_COUNT devices; see mrcnn_nuclei.distribute)")
         if self.MIXED_PRECISION not in (None, "mixed_float16", "mixed_bfloat16"):
             fail("MIXED_PRECISION", "must be None, 'mixed_float16' or 'mixed_bfloat16'")
-        if not isinstance(self.XLA, (bool, np.bool_)):
-            fail("XLA", "must be True (compile inference with XLA) or False")
         if not isinstance(self.SKIP_BAD_IMAGES, (bool, np.bool_)):
             fail("SKIP_BAD_IMAGES", "must be True (skip unreadable images, logged) or False "
                  "(MaskRCNN.train raises listing them)")

@@ -296,9 +296,6 @@ class MaskRCNN:
         self.distribution = distribute.for_config(config)
         with self.distribution.scope(), _dtype_policy(getattr(config, "MIXED_PRECISION", None)):
             self.keras_model = self.build(mode, config)
-        if mode == "inference" and getattr(config, "XLA", False) and \
-                keras.backend.backend() == "tensorflow":
-            self.keras_model.jit_compile = True
         self.set_log_dir()
 
     # -------------------------------------------------------------------------------- build

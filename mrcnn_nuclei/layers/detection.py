@@ -38,6 +38,7 @@ class DetectionLayer(layers.Layer):
 
     def __init__(self, max_instances=100, min_confidence=0.7, nms_threshold=0.3,
                  bbox_std_dev=(0.1, 0.1, 0.2, 0.2), **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.max_instances = int(max_instances)
         self.min_confidence = float(min_confidence)
@@ -81,6 +82,10 @@ class TrimDetections(layers.Layer):
     On the JAX backend (static shapes under jit) n = D: all slots, the padded ones are zero
     boxes whose masks are ignored like those of any slot past the detection count."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
+        super().__init__(**kwargs)
+
     def call(self, detections):
         if keras.backend.backend() == "jax":
             return detections[:, :, :4]
@@ -97,6 +102,7 @@ class PadDetections(layers.Layer):
     """masks [B, n, h, w, K] -> [B, size, h, w, K] zero padded along axis 1."""
 
     def __init__(self, size, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.size = int(size)
 
@@ -114,6 +120,10 @@ class PadDetections(layers.Layer):
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
 class WindowFromMeta(layers.Layer):
     """(image_meta [B, META], image [B, H, W, C]) -> normalised window [B, 4]."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
+        super().__init__(**kwargs)
 
     def call(self, image_meta, image):
         return meta_window(image_meta, image)

@@ -34,6 +34,7 @@ class DetectionTargetLayer(layers.Layer):
 
     def __init__(self, rois_per_image=200, positive_ratio=0.33, bbox_std_dev=(0.1, 0.1, 0.2, 0.2),
                  mask_shape=(28, 28), use_mini_mask=True, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.rois_per_image = int(rois_per_image)
         self.positive_ratio = float(positive_ratio)
@@ -147,6 +148,10 @@ class DetectionTargetLayer(layers.Layer):
 class NormBoxes(layers.Layer):
     """(pixel boxes [B, N, 4], image [B, H, W, C]) -> normalised boxes [B, N, 4]
     (all-zero padding rows stay zero)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
+        super().__init__(**kwargs)
 
     def call(self, boxes, image):
         boxes = ops.cast(boxes, "float32")

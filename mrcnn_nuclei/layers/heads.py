@@ -43,6 +43,7 @@ class TakeFirst(layers.Layer):
     """[B, N, ...] -> [B, n, ...]: the first ``n`` entries along axis 1."""
 
     def __init__(self, n, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.n = int(n)
 
@@ -73,9 +74,9 @@ def fpn_classifier_graph(pooled, num_classes, fc_layers_size=1024, pool_size=7, 
     x = layers.Reshape((fc_layers_size,), name="pool_squeeze")(x)
     x = UnfoldRois(name="mrcnn_class_unfold")(x, pooled)
     logits = layers.Dense(num_classes, name="mrcnn_class_logits")(x)
-    probs = layers.Activation("softmax", name="mrcnn_class")(logits)
+    probs = layers.Activation("softmax", dtype="float32", name="mrcnn_class")(logits)
     bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(x)
-    bbox = layers.Reshape((-1, num_classes, 4), name="mrcnn_bbox")(bbox)
+    bbox = layers.Reshape((-1, num_classes, 4), dtype="float32", name="mrcnn_bbox")(bbox)
     return logits, probs, bbox
 
 

@@ -23,6 +23,7 @@ class ProposalLayer(layers.Layer):
 
     def __init__(self, proposal_count, nms_threshold, pre_nms_limit=6000,
                  rpn_bbox_std_dev=(0.1, 0.1, 0.2, 0.2), **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.proposal_count = int(proposal_count)
         self.nms_threshold = float(nms_threshold)

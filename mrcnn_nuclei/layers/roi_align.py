@@ -37,6 +37,7 @@ class PyramidROIAlign(layers.Layer):
     """
 
     def __init__(self, pool_shape, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.pool_shape = tuple(int(v) for v in pool_shape)
 

@@ -39,7 +39,7 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth):
                            name="rpn_conv_shared")(fmap)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
     logits = _ReshapeAnchors(2, name="rpn_class_reshape")(x)
-    probs = layers.Activation("softmax", name="rpn_probs")(logits)
+    probs = layers.Activation("softmax", dtype="float32", name="rpn_probs")(logits)
     x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
     bbox = _ReshapeAnchors(4, name="rpn_bbox_reshape")(x)
     return keras.Model(fmap, [logits, probs, bbox], name="rpn_model")
@@ -50,7 +50,9 @@ def rpn_on_pyramid(rpn, feature_maps):
     ([B, A, 2], [B, A, 2], [B, A, 4]), anchors ordered level, y, x, ratio."""
     outs = [rpn(p) for p in feature_maps]
     names = ["rpn_class_logits", "rpn_class", "rpn_bbox"]
-    return [layers.Concatenate(axis=1, name=n)([o[i] for o in outs]) for i, n in enumerate(names)]
+    # float32 (also under mixed precision): proposals are decoded from these
+    return [layers.Concatenate(axis=1, dtype="float32", name=n)([o[i] for o in outs])
+            for i, n in enumerate(names)]
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_nuclei")
@@ -63,6 +65,7 @@ class PyramidAnchors(layers.Layer):
     """
 
     def __init__(self, scales, ratios, strides, anchor_stride=1, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # boxes stay float32 under mixed precision
         super().__init__(**kwargs)
         self.scales = [float(s) for s in scales]
         self.ratios = [float(r) for r in ratios]
