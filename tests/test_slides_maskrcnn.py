@@ -63,6 +63,8 @@ def test_maskrcnn_slide_equals_in_memory_tiling(monuseg_root, tmp_path):
                       dashboard_address=None) as cluster, Client(cluster) as client:
         r = segment_slide(path, tmp_path / "out", weights=weights, client=client, **kw)
     labels = read_labels(r["labels"])
+    s = r["summary_data"]
+    assert s["tiles_run_now"] == 4 and len(s["segmenter_load_s"]) == 1   # model loaded once
     # the worker's cached model (same process) on the in-memory image, same grid and rule
     seg = get_segmenter(make_spec("maskrcnn", weights))
     ref = tiled_detect(lambda t: seg.model.detect([t])[0], img, tile_size=256, overlap=64,

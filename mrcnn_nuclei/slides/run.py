@@ -301,7 +301,8 @@ def _summary(run, stats, wall, cluster_s, slots):
         # rates of this session's work: tiles run now (not resumed ones) per wall second
         "mpx_per_s": round(stats["core_px"] / 1e6 / wall, 4) if wall > 0 and stats["ran"]
         else None,
-        "nuclei_per_s": round(stats["found"] / wall, 2) if wall > 0 and stats["ran"] else None,
+        "nuclei_per_s": round((nuclei - stats["nuclei_before"]) / wall, 2)
+        if wall > 0 and stats["ran"] else None,
         "mean_tile_s": mean, "median_tile_s": median,
         "segmenter_load_s": [round(v, 2) for v in load],
         # wall time in which the worker slots were not doing tile work (read, load, detect,
@@ -330,7 +331,7 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
     on_disk = {t["index"] for t in run.todo if os.path.exists(run.tile_path(t["index"]))}
     submit = [t for t in run.todo if t["index"] not in on_disk]
     stats = {"times": [], "ran": 0, "assembled": 0, "write_s": 0.0, "rss": {}, "core_px": 0,
-             "found": 0}
+             "nuclei_before": run.state["next_id"] - 1}
     cores = {t["index"]: t["core"] for t in run.todo}
     cache = {}
     token = uuid.uuid4().hex[:8]
@@ -369,7 +370,6 @@ def _segment_one(client, slots, run, retries, progress, on_tile, keep_tiles, clu
                 stats["write_s"] += time.perf_counter() - tw
                 stats["times"].append(result["times"])
                 stats["ran"] += 1
-                stats["found"] += len(result["instances"])
                 w = result["worker"]
                 stats["rss"][w] = max(stats["rss"].get(w, 0.0), result["peak_rss_mb"])
                 cache[result["index"]] = result
