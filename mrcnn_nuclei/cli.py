@@ -82,94 +82,56 @@ def cmd_segment(args):
 
 
 # ------------------------------------------------------- train, detect, evaluate, info, save-model
-def add_train(subparsers):
-    from .commands import nucleus
+def _package_command(subparsers, name, module, add, run, help, description):
+    """Register ``name`` over ``mrcnn_nuclei.commands.<module>``: its ``add`` function puts the
+    options on the parser, its ``run`` function does the work (exit status 0 when it returns)."""
+    import importlib
 
-    p = subparsers.add_parser(
-        "train", help="train on DSB2018 or generated nuclei with a staged schedule",
-        description="Train Mask R-CNN (Matterport's nucleus schedule by default); checkpoints "
-                    "and the config JSON go to LOGS/<name><timestamp>/; --weights=last resumes.")
-    nucleus.add_train_arguments(p)
-    p.set_defaults(func=cmd_nucleus)
+    commands = importlib.import_module(f"{__package__}.commands.{module}")
+    p = subparsers.add_parser(name, help=help, description=description)
+    getattr(commands, add)(p)
+
+    def cmd(args):
+        getattr(commands, run)(args)
+        return 0
+
+    p.set_defaults(func=cmd)
     return p
 
 
-def add_detect(subparsers):
-    from .commands import nucleus
-
-    p = subparsers.add_parser(
-        "detect", help="detect on a subset: overlays and a Kaggle submission CSV",
-        description="Detect nuclei on a dataset subset; --weights also takes a model folder "
-                    "(its config and post-processing settings).")
-    nucleus.add_detect_arguments(p)
-    p.set_defaults(func=cmd_nucleus)
-    return p
-
-
-def cmd_nucleus(args):
-    from .commands import nucleus
-
-    nucleus.run(args)
-    return 0
-
-
-def add_evaluate(subparsers):
-    from .commands import evaluate
-
-    p = subparsers.add_parser(
-        "evaluate", help="every metric on a dataset subset (DSB, COCO AP, AJI, PQ, ...)",
-        description=evaluate.__doc__.split("\n")[0] + " Writes per_image.csv, summary.json, "
-                    "predictions_coco.json and labels/ in --out.")
-    evaluate.add_arguments(p)
-    p.set_defaults(func=cmd_evaluate)
-    return p
+#: (name, module of mrcnn_nuclei.commands, its add-options function, its run function, help,
+#: description) of the sub-commands built on the package's command modules.
+PACKAGE_COMMANDS = (
+    ("train", "nucleus", "add_train_arguments", "run",
+     "train on DSB2018 or generated nuclei with a staged schedule",
+     "Train Mask R-CNN (Matterport's nucleus schedule by default); checkpoints and the config "
+     "JSON go to LOGS/<name><timestamp>/; --weights=last resumes."),
+    ("detect", "nucleus", "add_detect_arguments", "run",
+     "detect on a subset: overlays and a Kaggle submission CSV",
+     "Detect nuclei on a dataset subset; --weights also takes a model folder (its config and "
+     "post-processing settings)."),
+    ("evaluate", "evaluate", "add_arguments", "run",
+     "every metric on a dataset subset (DSB, COCO AP, AJI, PQ, ...)",
+     "Evaluate a nucleus Mask R-CNN on a dataset subset: every metric, per image and on "
+     "average; writes per_image.csv, summary.json, predictions_coco.json and labels/ in --out."),
+    ("info", "model", "add_info_arguments", "run_info",
+     "what a model folder or weights file holds",
+     "Show the weights kind, the saved config and the post-processing settings of a model "
+     "folder or weights file (no model is built)."),
+    ("save-model", "model", "add_save_model_arguments", "run_save_model",
+     "a checkpoint + its config -> a model folder with post-processing",
+     "Write a model folder (weights, config.json, postprocess.json) that "
+     "mrcnn_nuclei.load_model / MaskRCNN.from_folder / --weights take."),
+)
 
 
-def cmd_evaluate(args):
-    from .commands import evaluate
-
-    evaluate.run(args)
-    return 0
-
-
-def add_info(subparsers):
-    from .commands import model
-
-    p = subparsers.add_parser("info", help="what a model folder or weights file holds",
-                              description=model.describe.__doc__.split("\n")[0])
-    model.add_info_arguments(p)
-    p.set_defaults(func=cmd_info)
-    return p
-
-
-def cmd_info(args):
-    from .commands import model
-
-    model.run_info(args)
-    return 0
-
-
-def add_save_model(subparsers):
-    from .commands import model
-
-    p = subparsers.add_parser(
-        "save-model", help="a checkpoint + its config -> a model folder with post-processing",
-        description="Write a model folder (weights, config.json, postprocess.json) that "
-                    "mrcnn_nuclei.load_model / MaskRCNN.from_folder / --weights take.")
-    model.add_save_model_arguments(p)
-    p.set_defaults(func=cmd_save_model)
-    return p
-
-
-def cmd_save_model(args):
-    from .commands import model
-
-    model.run_save_model(args)
-    return 0
+def add_package_commands(subparsers):
+    """train, detect, evaluate, info and save-model (:data:`PACKAGE_COMMANDS`)."""
+    return [_package_command(subparsers, *spec) for spec in PACKAGE_COMMANDS]
 
 
 # ---------------------------------------------------------------------------------------- main
-COMMANDS = (add_segment, add_train, add_detect, add_evaluate, add_info, add_save_model)
+COMMANDS = (add_segment, add_package_commands)
 
 
 def build_parser():

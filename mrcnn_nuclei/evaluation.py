@@ -24,8 +24,8 @@ from . import export, metrics
 from .metrics.pannuke import tissue_means
 from .modelfolder import PostProcess
 
-__all__ = ["evaluate_dataset", "detect_images", "as_detect_fn", "postprocess_detection", "format_table",
-           "write_results", "METRICS", "COUNTS"]
+__all__ = ["evaluate_dataset", "detect_images", "as_detect_fn", "postprocess_detection",
+           "format_table", "write_results", "safe_name", "METRICS", "COUNTS"]
 
 #: Per-image metrics (keys of metrics.evaluate_all), in table order.
 METRICS = ["dsb", "aji", "aji_plus", "pq", "dq", "sq", "dice", "matched_iou", "f1", "precision",

@@ -59,7 +59,8 @@ class PostProcess:
         if self.overlap not in ("score", "area"):
             raise ValueError(f"PostProcess.overlap={self.overlap!r}: use 'score' or 'area'")
         if not 0.0 <= float(self.mask_threshold) <= 1.0:
-            raise ValueError(f"PostProcess.mask_threshold={self.mask_threshold}: must be in [0, 1]")
+            raise ValueError(f"PostProcess.mask_threshold={self.mask_threshold}: must be in "
+                             "[0, 1]")
         if int(self.min_size) < 0:
             raise ValueError(f"PostProcess.min_size={self.min_size}: must be >= 0 pixels")
 

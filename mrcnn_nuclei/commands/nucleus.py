@@ -144,7 +144,8 @@ def load_dataset(args, subset):
 
 
 def default_augmentation():
-    """The pipeline's default augmentation (:func:`mrcnn_nuclei.data.augment.default_augmentation`)."""
+    """The pipeline's default augmentation
+    (:func:`mrcnn_nuclei.data.augment.default_augmentation`)."""
     from ..data.augment import default_augmentation as make
 
     return make()

@@ -39,7 +39,7 @@ One job per module:
     legacy.py     the Matterport / Keras-1 HDF5 reader
     native.py     the Keras 3 reader and save_weights
     load.py       load_weights (validate everything, then assign)
-    beside.py     where a weights file's config JSON is (<stem>.json, then the folder's config.json)
+    beside.py     where a weights file's config JSON is (<stem>.json, then config.json)
     registry.py   the known files (COCO, ImageNet), their checksums and search folders
     cli.py        the --weights argument: resolve_weights_arg, load_start_weights
 """
