@@ -1,108 +1,44 @@
-"""MaskRCNN: Matterport's model surface (build, train, detect, weights) on the Keras 3 graph of
-:mod:`mrcnn_nuclei.layers`.
+"""MaskRCNN: Matterport's model surface (build, train, detect, weights) as a thin facade over
+one module per job:
+
+* :mod:`mrcnn_nuclei.network`: the training and inference graphs from a config (named outputs);
+* :mod:`mrcnn_nuclei.training`: training model and loss dict, layer presets, optimizer and
+  learning-rate schedule, checkpoint/log callbacks, the default batch loader;
+* :mod:`mrcnn_nuclei.runs`: run-folder naming, checkpoint epochs, ``find_last_checkpoint``;
+* :mod:`mrcnn_nuclei.molding`: images <-> graph inputs and outputs;
+* :mod:`mrcnn_nuclei.weights`: reading and writing weight files.
 
     model = MaskRCNN("training", config, model_dir="logs")
     model.train(train_ds, val_ds, learning_rate=config.LEARNING_RATE, epochs=20, layers="heads")
     model = MaskRCNN("inference", config, model_dir="logs")
     results = model.detect([image])   # [{"rois", "class_ids", "scores", "masks"}]
+
+The names of those modules that users and tests start from are re-exported here (``LAYER_REGEX``,
+``WarmUp``, ``LearningRateDecay``, ``MaskRCNNTrainingModel``, ``AtomicCheckpoint``,
+``find_last_checkpoint`` ...).
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
-import math
 import os
-import re
 
 import keras
 import numpy as np
-from keras import layers, ops
 
 from . import distribute
-from .layers import losses as L
-from .layers.backbone import FrozenBatchNorm, build_backbone
-from .layers.detection import DetectionLayer, PadDetections, TrimDetections, WindowFromMeta
-from .layers.detection_targets import DetectionTargetLayer, NormBoxes
-from .layers.fpn import fpn_graph
-from .layers.heads import TakeFirst, build_fpn_mask_graph, fpn_classifier_graph
-from .layers.proposals import ProposalLayer
-from .layers.roi_align import PyramidROIAlign
-from .layers.rpn import PyramidAnchors, build_rpn_model, rpn_on_pyramid
+from . import runs
+from .network import INFERENCE_OUTPUTS, build_graph
+from .runs import checkpoint_epoch, find_last_checkpoint
+from .training import (LAYER_REGEX, AtomicCheckpoint, LearningRateDecay, MaskRCNNTrainingModel,
+                       WarmUp, add_lr_decay, compile_training_model, cosine_factor, layer_regex,
+                       make_training_loader, progress_logger, set_trainable)
 
 __all__ = ["MaskRCNN", "MaskRCNNTrainingModel", "LAYER_REGEX", "WarmUp", "LearningRateDecay",
            "cosine_factor", "AtomicCheckpoint", "find_last_checkpoint", "checkpoint_epoch",
-           "log"]
+           "INFERENCE_OUTPUTS", "log"]
 
 logger = logging.getLogger(__name__)
-
-_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(PREPROC)"
-LAYER_REGEX = {
-    "heads": _HEADS,
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
-    "5+": r"(res5.*)|(bn5.*)|" + _HEADS,
-    "all": ".*",
-}
-
-_CKPT_RE = re.compile(r"mask_rcnn_[\w-]*?(\d{4})\.(weights\.h5|h5)$")
-#: Run folder: <name><YYYYmmddTHHMM[SS]>[_<n>] (Matterport's name plus seconds and a suffix that
-#: keeps two runs started in the same second apart).
-_RUN_RE = re.compile(r"(?P<name>.*?)(?P<stamp>\d{8}T\d{4}(?:\d{2})?)(?:_(?P<n>\d+))?")
-
-
-def _run_key(folder_name):
-    """Sort key (time stamp, collision number) of a run folder name; None if it is not one."""
-    m = _RUN_RE.fullmatch(folder_name)
-    if not m:
-        return None
-    stamp = m.group("stamp")
-    return stamp + "00" * (len(stamp) == 13), int(m.group("n") or 1), m.group("name")
-
-
-def checkpoint_epoch(path):
-    """Epoch of a checkpoint ``mask_rcnn_<name>_<epoch>.weights.h5`` (or ``.h5``) from its file
-    name, as :meth:`MaskRCNN.set_log_dir` reads it; 0 for any other file name."""
-    m = _CKPT_RE.search(os.path.basename(os.fspath(path)))
-    return int(m.group(1)) if m else 0
-
-
-def find_last_checkpoint(model_dir, name=None):
-    """Newest checkpoint ``mask_rcnn_*_<epoch>.weights.h5`` under ``model_dir``.
-
-    name: a config NAME (lower-cased): only run folders ``<name><YYYYmmddTHHMM[SS]>[_<n>]`` of
-        exactly that NAME count (Matterport's ``find_last``); None: run folders of any NAME.
-    The newest run folder (by its time stamp, then collision number) that holds a checkpoint is
-    chosen, and in it the checkpoint of the highest epoch.  Raises FileNotFoundError naming the
-    folder when there is none.
-    """
-    model_dir = os.fspath(model_dir)
-    key = None if name is None else str(name).lower()
-    try:
-        entries = os.listdir(model_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        entries = []
-    runs = []
-    for d in entries:
-        k = _run_key(d)
-        if k and (key is None or k[2] == key) and os.path.isdir(os.path.join(model_dir, d)):
-            runs.append((k[:2], d))
-    what = f"'{key}<YYYYmmddTHHMM[SS]>'" if key is not None else "'<name><YYYYmmddTHHMM[SS]>'"
-    if not runs:
-        raise FileNotFoundError(
-            f"no run folder {what} in model_dir {model_dir!r}: nothing to resume; train first "
-            "or pass a weights path")
-    runs.sort()
-    # newest run folder first; a run stopped before its first checkpoint is passed over
-    for _, d in reversed(runs):
-        folder = os.path.join(model_dir, d)
-        ckpts = sorted((int(m.group(1)), f) for f in os.listdir(folder)
-                       for m in [_CKPT_RE.search(f)] if m and f.startswith("mask_rcnn"))
-        if ckpts:
-            return os.path.join(folder, ckpts[-1][1])
-    raise FileNotFoundError(f"no run folder {what} in model_dir {model_dir!r} holds a checkpoint "
-                            "(mask_rcnn_<name>_<epoch>.weights.h5); newest folder: "
-                            f"{os.path.join(model_dir, runs[-1][1])!r}")
 
 
 def log(text, array=None):
@@ -115,145 +51,6 @@ def log(text, array=None):
         else:
             text += f"min: {'':10s} max: {'':10s} {array.dtype}"
     print(text)
-
-
-# ------------------------------------------------------------------------------------ training
-@keras.saving.register_keras_serializable(package="mrcnn_nuclei")
-class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ~0 to ``learning_rate`` over ``warmup_steps``, constant after, times
-    ``scale``: a non-trainable variable (1.0) that :class:`LearningRateDecay` lowers as a run
-    progresses."""
-
-    def __init__(self, learning_rate, warmup_steps):
-        self.learning_rate = float(learning_rate)
-        self.warmup_steps = int(warmup_steps)
-        self.scale = keras.Variable(1.0, trainable=False, dtype="float32", name="lr_scale")
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32") + 1.0
-        frac = ops.minimum(step / float(max(self.warmup_steps, 1)), 1.0)
-        return self.learning_rate * frac * ops.convert_to_tensor(self.scale)
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
-
-
-def cosine_factor(progress, floor):
-    """Half-cosine multiplier: 1 at ``progress`` 0, ``floor`` at 1 (progress clipped to [0, 1])."""
-    p = min(max(float(progress), 0.0), 1.0)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-class LearningRateDecay(keras.callbacks.Callback):
-    """Sets ``schedule.scale`` (a :class:`WarmUp`) to :func:`cosine_factor` of the run's progress
-    before every batch.
-
-    progress: callable ``() -> fraction done``; default: batches seen / ``total_steps``.
-    ``MaskRCNN.train`` adds one (steps of that call) when ``LEARNING_RATE_DECAY == "cosine"``
-    unless ``custom_callbacks`` holds one already (e.g. a time-budget one); it also fills in
-    ``schedule`` when it is None.
-    """
-
-    def __init__(self, floor=0.01, total_steps=None, progress=None, schedule=None):
-        super().__init__()
-        if progress is None and not total_steps:
-            raise ValueError("LearningRateDecay needs total_steps or a progress callable")
-        self.floor = float(floor)
-        self.total_steps = total_steps
-        self.progress = progress
-        self.schedule = schedule
-        self.steps = 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        done = self.progress() if self.progress is not None else self.steps / self.total_steps
-        self.schedule.scale.assign(cosine_factor(done, self.floor))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-
-
-class MaskRCNNTrainingModel(keras.Model):
-    """Functional training graph whose loss is the LOSS_WEIGHTS-weighted sum of the five
-    Mask R-CNN losses; ``fit`` reports each of them and the total as ``loss``."""
-
-    def __init__(self, *args, loss_weights=None, mask_slots=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.loss_weights_ = dict(loss_weights or {})
-        self.mask_slots = mask_slots
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in L.LOSS_NAMES}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """x: the training-batch dict; y_pred: the dict of graph outputs -> total loss."""
-        active = x["input_image_meta"][:, 12:]
-        k = self.mask_slots or y_pred["mrcnn_mask"].shape[1]
-        parts = {
-            "rpn_class_loss": L.rpn_class_loss(x["input_rpn_match"], y_pred["rpn_class_logits"]),
-            "rpn_bbox_loss": L.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
-                                             y_pred["rpn_bbox"]),
-            "mrcnn_class_loss": L.mrcnn_class_loss(y_pred["target_class_ids"],
-                                                   y_pred["mrcnn_class_logits"], active),
-            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(y_pred["target_bbox"], y_pred["target_class_ids"],
-                                                 y_pred["mrcnn_bbox"]),
-            "mrcnn_mask_loss": L.mrcnn_mask_loss(y_pred["target_mask"][:, :k],
-                                                 y_pred["target_class_ids"][:, :k],
-                                                 y_pred["mrcnn_mask"]),
-        }
-        total = 0.0
-        for name, value in parts.items():
-            self._trackers[name].update_state(value)
-            total = total + float(self.loss_weights_.get(name, 1.0)) * value
-        # weight decay is applied by the optimizer (decoupled), not added here
-        return distribute.scale_loss(total)
-
-    @property
-    def metrics(self):
-        return list(super().metrics) + list(self._trackers.values())
-
-
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Write ``path_pattern.format(epoch=epoch + 1)`` after every epoch with
-    :func:`mrcnn_nuclei.fileio.atomic_write` (temp file in the same folder, fsync, rename, the
-    user's umask).  Before writing, the free disk space is checked against the size of the
-    weights; a failed save raises ``OSError`` naming the checkpoint and leaves earlier
-    checkpoints (and any older file of that name) whole."""
-
-    def __init__(self, path_pattern):
-        super().__init__()
-        self.path_pattern = path_pattern
-
-    def on_epoch_end(self, epoch, logs=None):
-        from .fileio import atomic_write
-
-        path = self.path_pattern.format(epoch=epoch + 1)
-        atomic_write(path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
-                     min_free_bytes=_weights_nbytes(self.model))
-
-
-def _weights_nbytes(keras_model):
-    """About the bytes a weights file of ``keras_model`` needs (variables + 1 MB of HDF5)."""
-    total = 0
-    for v in getattr(keras_model, "weights", []) or []:
-        shape = getattr(v, "shape", ())
-        size = int(np.prod([int(s) for s in shape])) if len(shape) else 1
-        total += size * np.dtype(getattr(v, "dtype", "float32") or "float32").itemsize
-    return total + (1 << 20)
-
-
-def _mask_slots(config):
-    """Number of leading ROI slots that can hold positives: int(TRAIN_ROIS * RATIO)."""
-    return max(1, int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO))
-
-
-def _progress_logger(log_dir):
-    """TensorBoard callback writing to ``log_dir``; a CSV log (``training_log.csv``) instead
-    when the tensorboard package is not installed."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        logger.info("tensorboard is not installed; logging losses to %s/training_log.csv",
-                    log_dir)
-        return keras.callbacks.CSVLogger(os.path.join(log_dir, "training_log.csv"), append=True)
-    return keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)
 
 
 class _dtype_policy:
@@ -277,8 +74,9 @@ class MaskRCNN:
 
     mode: "training" (a :class:`MaskRCNNTrainingModel` whose inputs are the training-batch
     dict of docs/INTERFACES.md) or "inference" (inputs input_image [B, H, W, C] and
-    input_image_meta; outputs detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois,
-    rpn_class, rpn_bbox).
+    input_image_meta; outputs a dict by name, in the positional order
+    :data:`~mrcnn_nuclei.network.INFERENCE_OUTPUTS`: detections, mrcnn_class, mrcnn_bbox,
+    mrcnn_mask, rpn_rois, rpn_class, rpn_bbox).  The graphs: :mod:`mrcnn_nuclei.network`.
     """
 
     def __init__(self, mode, config, model_dir):
@@ -300,94 +98,13 @@ class MaskRCNN:
 
     # -------------------------------------------------------------------------------- build
     def build(self, mode, config):
-        """Build and return the Keras model for ``mode`` (see the class docstring)."""
-        c = config
-        channels = int(c.IMAGE_CHANNEL_COUNT)
-        if mode == "training":
-            h, w = int(c.IMAGE_SHAPE[0]), int(c.IMAGE_SHAPE[1])
-            if h % 64 or w % 64:
-                raise ValueError(f"training image size {h}x{w} must be divisible by 64 "
-                                 "(Config.IMAGE_MAX_DIM / IMAGE_MIN_DIM)")
-            input_image = keras.Input((h, w, channels), name="input_image")
-        else:
-            input_image = keras.Input((None, None, channels), name="input_image")
-        input_meta = keras.Input((c.IMAGE_META_SIZE,), name="input_image_meta")
-
-        c2, c3, c4, c5 = build_backbone(input_image, c)
-        p2, p3, p4, p5, p6 = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
-        rpn_maps = [p2, p3, p4, p5, p6]
-        mrcnn_maps = [p2, p3, p4, p5]
-
-        anchors = PyramidAnchors(c.RPN_ANCHOR_SCALES, c.RPN_ANCHOR_RATIOS, c.BACKBONE_STRIDES,
-                                 c.RPN_ANCHOR_STRIDE, name="anchors")(input_image)
-        rpn = build_rpn_model(c.RPN_ANCHOR_STRIDE, len(c.RPN_ANCHOR_RATIOS),
-                              c.TOP_DOWN_PYRAMID_SIZE)
-        rpn_class_logits, rpn_class, rpn_bbox = rpn_on_pyramid(rpn, rpn_maps)
-        count = c.POST_NMS_ROIS_TRAINING if mode == "training" else c.POST_NMS_ROIS_INFERENCE
-        rpn_rois = ProposalLayer(count, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                 name="ROI")(rpn_class, rpn_bbox, anchors)
-        head_args = dict(norm=c.NORM, train_bn=c.TRAIN_BN, gn_groups=c.GN_GROUPS)
-        mask_head = build_fpn_mask_graph(c.NUM_CLASSES, **head_args)
-
-        if mode == "training":
-            if not c.USE_RPN_ROIS:
-                raise NotImplementedError("USE_RPN_ROIS = False (externally generated ROIs) is "
-                                          "not supported; set Config.USE_RPN_ROIS = True")
-            mini = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else (h, w)
-            in_match = keras.Input((None, 1), dtype="int32", name="input_rpn_match")
-            in_rpn_bbox = keras.Input((c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), name="input_rpn_bbox")
-            in_gt_ids = keras.Input((c.MAX_GT_INSTANCES,), dtype="int32",
-                                    name="input_gt_class_ids")
-            in_gt_boxes = keras.Input((c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
-            in_gt_masks = keras.Input(mini + (c.MAX_GT_INSTANCES,), dtype="bool",
-                                      name="input_gt_masks")
-            gt_boxes = NormBoxes(name="norm_gt_boxes")(in_gt_boxes, input_image)
-            rois, t_ids, t_bbox, t_mask = DetectionTargetLayer(
-                c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.BBOX_STD_DEV, c.MASK_SHAPE,
-                c.USE_MINI_MASK, seed=c.SEED, name="proposal_targets")(
-                rpn_rois, in_gt_ids, gt_boxes, in_gt_masks)
-            pooled = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), name="roi_align_classifier")(
-                rois, input_image, mrcnn_maps)
-            logits, probs, bbox = fpn_classifier_graph(
-                pooled, c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, **head_args)
-            # positives always occupy the first int(T * ratio) slots and only positives have
-            # a mask loss, so the mask branch only runs on those slots
-            mask_rois = TakeFirst(_mask_slots(c), name="positive_rois")(rois)
-            mpooled = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE),
-                                      name="roi_align_mask")(mask_rois, input_image, mrcnn_maps)
-            masks = mask_head(mpooled)
-            inputs = {"input_image": input_image, "input_image_meta": input_meta,
-                      "input_rpn_match": in_match, "input_rpn_bbox": in_rpn_bbox,
-                      "input_gt_class_ids": in_gt_ids, "input_gt_boxes": in_gt_boxes,
-                      "input_gt_masks": in_gt_masks}
-            outputs = {"rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class,
-                       "rpn_bbox": rpn_bbox, "rpn_rois": rpn_rois, "rois": rois,
-                       "target_class_ids": t_ids, "target_bbox": t_bbox, "target_mask": t_mask,
-                       "mrcnn_class_logits": logits, "mrcnn_class": probs, "mrcnn_bbox": bbox,
-                       "mrcnn_mask": masks}
-            return MaskRCNNTrainingModel(inputs, outputs, loss_weights=c.LOSS_WEIGHTS,
-                                         mask_slots=_mask_slots(c), name="mask_rcnn")
-
-        pooled = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), name="roi_align_classifier")(
-            rpn_rois, input_image, mrcnn_maps)
-        logits, probs, bbox = fpn_classifier_graph(
-            pooled, c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, **head_args)
-        window = WindowFromMeta(name="window")(input_meta, input_image)
-        detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
-                                    c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
-                                    name="mrcnn_detection")(rpn_rois, probs, bbox, window)
-        det_boxes = TrimDetections(name="detection_boxes")(detections)
-        mpooled = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), name="roi_align_mask")(
-            det_boxes, input_image, mrcnn_maps)
-        masks = PadDetections(c.DETECTION_MAX_INSTANCES, name="mrcnn_mask_padded")(
-            mask_head(mpooled))
-        return keras.Model([input_image, input_meta],
-                           [detections, probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox],
-                           name="mask_rcnn")
+        """Build and return the Keras model for ``mode``: :func:`mrcnn_nuclei.network.build_graph`
+        (see the class docstring)."""
+        return build_graph(mode, config)
 
     # -------------------------------------------------------------------------------- logs
     def set_log_dir(self, model_path=None):
-        """Choose the run folder and epoch counter.
+        """Choose the run folder and epoch counter (names: :mod:`mrcnn_nuclei.runs`).
 
         With ``model_path`` (a checkpoint written by :meth:`train`, in a run folder) training
         continues in that checkpoint's own folder after its epoch.  Otherwise the run folder is
@@ -396,24 +113,10 @@ class MaskRCNN:
         started in the same second) ``_2``, ``_3`` ... is appended, so no run overwrites
         another's checkpoints or config.json.  ``log_dir`` and ``checkpoint_path`` follow.
         """
-        self.epoch = 0
-        self._log_dir_claimed = False
-        name = self.config.NAME.lower()
-        self.log_dir = None
-        if model_path:
-            model_path = os.fspath(model_path)
-            m = _CKPT_RE.search(os.path.basename(model_path))
-            folder = os.path.dirname(os.path.abspath(model_path))
-            if m:
-                self.epoch = int(m.group(1))
-            if m and _run_key(os.path.basename(folder)):
-                self.log_dir = folder  # resume: continue in the checkpoint's own run folder
-                self._log_dir_claimed = True
-        if self.log_dir is None:
-            now = datetime.datetime.now()
-            self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}")
-        self.checkpoint_path = os.path.join(self.log_dir,
-                                            f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+        folder, self.epoch = runs.resume_run(model_path) if model_path else (None, 0)
+        self._log_dir_claimed = folder is not None  # resume: continue in the checkpoint's folder
+        self.log_dir = folder or runs.new_run_dir(self.model_dir, self.config.NAME)
+        self.checkpoint_path = runs.checkpoint_pattern(self.log_dir, self.config.NAME)
 
     def _claim_log_dir(self):
         """Create this run's folder (see :meth:`set_log_dir`); raises OSError naming model_dir
@@ -423,20 +126,10 @@ class MaskRCNN:
         if getattr(self, "_log_dir_claimed", False):
             check_writable_dir(self.log_dir, "run folder")
             return self.log_dir
-        check_writable_dir(os.path.dirname(os.path.abspath(self.log_dir)), "model_dir")
-        base, name = self.log_dir, self.config.NAME.lower()
-        for k in range(1, 10000):
-            candidate = base if k == 1 else f"{base}_{k}"
-            try:
-                os.mkdir(candidate)
-            except FileExistsError:
-                continue
-            self.log_dir = candidate
-            self.checkpoint_path = os.path.join(candidate,
-                                                f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
-            self._log_dir_claimed = True
-            return candidate
-        raise OSError(f"no free run folder name {base}_<n> in {self.model_dir}")
+        self.log_dir = runs.claim_run_dir(self.log_dir)
+        self.checkpoint_path = runs.checkpoint_pattern(self.log_dir, self.config.NAME)
+        self._log_dir_claimed = True
+        return self.log_dir
 
     def find_last(self, any_name=False):
         """Path of the newest checkpoint in the newest run folder of this config's NAME that
@@ -479,48 +172,27 @@ class MaskRCNN:
 
     # -------------------------------------------------------------------------------- training
     def set_trainable(self, layer_regex, keras_model=None, verbose=0):
-        """Make layers whose name fully matches ``layer_regex`` trainable, freeze the rest.
-        Nested models (rpn_model) are entered; frozen batch norm stays frozen unless TRAIN_BN."""
-        model = keras_model or self.keras_model
-        for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                self.set_trainable(layer_regex, layer, verbose)
-                continue
-            if not layer.weights:
-                continue
-            trainable = bool(re.fullmatch(layer_regex, layer.name))
-            if isinstance(layer, FrozenBatchNorm) and not layer.train_bn:
-                trainable = False
-            layer.trainable = trainable
-            if trainable and verbose > 0:
-                print(f"trainable: {layer.name}")
+        """Make layers whose name fully matches ``layer_regex`` trainable, freeze the rest
+        (:func:`mrcnn_nuclei.training.set_trainable`)."""
+        set_trainable(keras_model or self.keras_model, layer_regex, verbose)
 
     def compile(self, learning_rate, momentum):
-        """Compile the training model with SGD(momentum, weight decay, clipnorm) and warm-up."""
-        c = self.config
-        lr = learning_rate
-        self.lr_schedule = None
-        if c.LEARNING_RATE_WARMUP_STEPS or c.LEARNING_RATE_DECAY != "none":
-            lr = self.lr_schedule = WarmUp(learning_rate, c.LEARNING_RATE_WARMUP_STEPS)
-        opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum,
-                                   weight_decay=c.WEIGHT_DECAY or None,
-                                   clipnorm=c.GRADIENT_CLIP_NORM)
-        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-        with self.distribution.scope():
-            self.keras_model.compile(optimizer=opt, jit_compile=False)
-
-    def _loader(self, dataset, shuffle, augmentation, workers, use_multiprocessing, steps):
-        from .data.loader import TrainingLoader
-
-        return TrainingLoader(dataset, self.config, shuffle=shuffle, augmentation=augmentation,
-                              seed=self.config.SEED, workers=workers,
-                              use_multiprocessing=use_multiprocessing, steps_per_epoch=steps)
+        """Compile the training model with SGD(momentum, weight decay, clipnorm) and warm-up
+        (:func:`mrcnn_nuclei.training.compile_training_model`); ``lr_schedule`` holds the
+        schedule (or None)."""
+        self.lr_schedule = compile_training_model(self.keras_model, self.config, learning_rate,
+                                                  momentum, self.distribution)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
-              custom_callbacks=None, workers=1, use_multiprocessing=False, verbose=1):
+              custom_callbacks=None, workers=1, use_multiprocessing=False, verbose=1,
+              loader=None):
         """Train until epoch ``epochs`` (a total: a staged schedule continues numbering).
 
         layers: "heads", "3+", "4+", "5+", "all" or a regex over layer names.
+        loader: factory of the batch loaders, called as ``loader(dataset, config, shuffle=,
+            augmentation=, workers=, use_multiprocessing=, steps_per_epoch=)``; default
+            :func:`mrcnn_nuclei.training.make_training_loader` (e.g. pass
+            ``functools.partial(make_training_loader, cache=True)`` to keep decoded images).
         Writes TensorBoard logs and a checkpoint per epoch to ``self.log_dir`` (created here;
         see :meth:`set_log_dir`).
         Returns the keras History.  When ``epochs`` is not above ``self.epoch`` (e.g. resuming
@@ -529,12 +201,7 @@ class MaskRCNN:
         """
         if self.mode != "training":
             raise ValueError("train() needs a model built with mode='training'")
-        regex = LAYER_REGEX.get(layers, layers)
-        try:
-            re.compile(regex)
-        except re.error as err:
-            raise ValueError(f"train(layers={layers!r}): not a known preset "
-                             f"({', '.join(LAYER_REGEX)}) nor a valid regex: {err}") from None
+        regex = layer_regex(layers)
         if epochs <= self.epoch:
             logger.warning(
                 "train(): nothing to train: epochs=%d is a total (Matterport) and the model is "
@@ -544,34 +211,29 @@ class MaskRCNN:
         from .data.checks import check_training_datasets  # every image, before any step
         train_dataset, val_dataset = check_training_datasets(self.config, train_dataset, val_dataset)
         c = self.config
-        train_gen = self._loader(train_dataset, True, augmentation, workers, use_multiprocessing,
-                                 c.STEPS_PER_EPOCH)
+        make_loader = loader or make_training_loader
+        opts = dict(shuffle=True, workers=workers, use_multiprocessing=use_multiprocessing)
+        train_gen = make_loader(train_dataset, c, augmentation=augmentation,
+                                steps_per_epoch=c.STEPS_PER_EPOCH, **opts)
         val_gen = None
         if val_dataset is not None:
-            val_gen = self._loader(val_dataset, True, None, workers, use_multiprocessing,
-                                   c.VALIDATION_STEPS)
+            val_gen = make_loader(val_dataset, c, augmentation=None,
+                                  steps_per_epoch=c.VALIDATION_STEPS, **opts)
         self._claim_log_dir()
-        self.config.save_json(os.path.join(self.log_dir, "config.json"))
-        callbacks = [_progress_logger(self.log_dir), AtomicCheckpoint(self.checkpoint_path)]
+        c.save_json(os.path.join(self.log_dir, "config.json"))
+        callbacks = [progress_logger(self.log_dir), AtomicCheckpoint(self.checkpoint_path)]
         callbacks += list(custom_callbacks or [])
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
                   f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(regex)
-        self.compile(learning_rate, self.config.LEARNING_MOMENTUM)
-        if c.LEARNING_RATE_DECAY == "cosine":
-            decays = [cb for cb in callbacks if isinstance(cb, LearningRateDecay)]
-            if not decays:
-                decays = [LearningRateDecay(c.LEARNING_RATE_DECAY_FLOOR,
-                                            total_steps=(epochs - self.epoch) * c.STEPS_PER_EPOCH)]
-                callbacks = decays + callbacks  # first: later callbacks see this step's rate
-            for cb in decays:
-                cb.schedule = cb.schedule or self.lr_schedule
+        self.compile(learning_rate, c.LEARNING_MOMENTUM)
+        callbacks = add_lr_decay(callbacks, c, (epochs - self.epoch) * c.STEPS_PER_EPOCH,
+                                 self.lr_schedule)
         history = self.keras_model.fit(
             train_gen, initial_epoch=self.epoch, epochs=epochs,
-            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
-            validation_data=val_gen,
-            validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
+            steps_per_epoch=c.STEPS_PER_EPOCH, callbacks=callbacks, validation_data=val_gen,
+            validation_steps=c.VALIDATION_STEPS if val_gen is not None else None,
             verbose=verbose)
         self.epoch = max(self.epoch, epochs)
         return history
@@ -611,9 +273,9 @@ class MaskRCNN:
                 if verbose:
                     log("molded_images", x)
                     log("image_metas", meta)
-                res = self.keras_model.predict_on_batch([x, meta])
+                res = self.keras_model.predict_on_batch([x, meta])  # dict: INFERENCE_OUTPUTS
                 for j, i in enumerate(chunk):
-                    out[i] = (np.asarray(res[0][j]), np.asarray(res[3][j]))
+                    out[i] = (np.asarray(res["detections"][j]), np.asarray(res["mrcnn_mask"][j]))
                     warn_if_full(self.config, out[i][0], i, shape, fn)
         return out
 
@@ -717,9 +379,6 @@ class MaskRCNN:
                 det, mask, origs[i], molded[i].shape, parsed["window"][i])
             results.append({"rois": rois, "class_ids": ids, "scores": scores, "masks": masks})
         return results
-
-    def ancestor(self, tensor, name, checked=None):  # pragma: no cover - Matterport debugging aid
-        raise NotImplementedError("ancestor() is a TF1 graph helper; use keras_model.get_layer")
 
     # -------------------------------------------------------------------------- model folders
     @classmethod

@@ -211,7 +211,8 @@ def test_three_channel_legacy_file_fills_everything_but_preproc(tmp_path, legacy
     names, arrays = _legacy_arrays_for(model.keras_model, real)
     path = write_legacy_h5(tmp_path / "legacy_rgb.h5", names, arrays)
     pre_before = model.keras_model.get_layer("PREPROC").kernel.numpy().copy()
-    report = model.load_weights(str(path), by_name=True)
+    # inference loads refuse a partial file by default: the 3-channel file opts in explicitly
+    report = model.load_weights(str(path), by_name=True, allow_partial=True)
     assert report.missing_in_file == ["PREPROC"]
     assert "conv1" in report.loaded and "rpn_conv_shared" in report.loaded
     np.testing.assert_array_equal(model.keras_model.get_layer("PREPROC").kernel.numpy(),

@@ -30,7 +30,11 @@ import skimage.transform
 
 __all__ = ["resize_image", "resize_mask", "extract_bboxes", "minimize_mask", "expand_mask",
            "unmold_mask", "paste_masks", "compose_image_meta", "parse_image_meta", "mold_image",
-           "unmold_image", "norm_boxes", "denorm_boxes", "resize", "SEMANTICS"]
+           "unmold_image", "norm_boxes", "denorm_boxes", "resize", "SEMANTICS", "linear_axis",
+           "resize_linear", "packed_nonempty", "packed_bboxes", "packed_minimize_mask",
+           "packed_unpack", "META_FIELDS", "META_FIXED_SIZE", "META_IMAGE_ID",
+           "META_ORIGINAL_IMAGE_SHAPE", "META_IMAGE_SHAPE", "META_WINDOW", "META_SCALE",
+           "META_ACTIVE_CLASS_IDS"]
 
 _MODES = ("none", "square", "pad64", "crop")
 SEMANTICS = ("matterport", "project")
@@ -634,20 +638,49 @@ def packed_unpack(packed, channels, n):
 
 
 # ---------------------------------------------------------------------------------------- meta
+#: The image_meta layout (one float32 vector per image, :func:`compose_image_meta`): the index or
+#: slice of each field.  The graph reads META_WINDOW (layers.detection.meta_window) and
+#: META_ACTIVE_CLASS_IDS (training.mask_rcnn_losses); IMAGE_META_SIZE = META_FIXED_SIZE + NUM_CLASSES.
+META_IMAGE_ID = 0
+META_ORIGINAL_IMAGE_SHAPE = slice(1, 4)
+META_IMAGE_SHAPE = slice(4, 7)
+META_WINDOW = slice(7, 11)
+META_SCALE = 11
+META_ACTIVE_CLASS_IDS = slice(12, None)
+META_FIXED_SIZE = 12
+#: field name -> (index or slice, NumPy dtype parse_image_meta returns)
+META_FIELDS = {
+    "image_id": (META_IMAGE_ID, np.int32),
+    "original_image_shape": (META_ORIGINAL_IMAGE_SHAPE, np.int32),
+    "image_shape": (META_IMAGE_SHAPE, np.int32),
+    "window": (META_WINDOW, np.int32),
+    "scale": (META_SCALE, np.float32),
+    "active_class_ids": (META_ACTIVE_CLASS_IDS, np.int32),
+}
+
+
 def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
                        active_class_ids):
     """Pack image attributes into one float32 vector.
 
-    Layout: image_id (1), original_image_shape (3), image_shape (3), window (4, y1 x1 y2 x2 in the
-    molded image), scale (1), active_class_ids (NUM_CLASSES).  Returns [1+3+3+4+1+NUM_CLASSES].
+    Layout (:data:`META_FIELDS`): image_id (1), original_image_shape (3), image_shape (3), window
+    (4, y1 x1 y2 x2 in the molded image), scale (1), active_class_ids (NUM_CLASSES).  Returns
+    [META_FIXED_SIZE + NUM_CLASSES] = [1+3+3+4+1+NUM_CLASSES].
     """
     orig = list(original_image_shape)
     shape = list(image_shape)
     if len(orig) != 3 or len(shape) != 3:
         raise ValueError("compose_image_meta: original_image_shape and image_shape must be "
                          f"(H, W, C); got {tuple(orig)} and {tuple(shape)}")
-    return np.array([image_id] + orig + shape + list(window) + [scale] + list(active_class_ids),
-                    dtype=np.float32)
+    active = list(active_class_ids)
+    meta = np.zeros(META_FIXED_SIZE + len(active), np.float32)
+    meta[META_IMAGE_ID] = image_id
+    meta[META_ORIGINAL_IMAGE_SHAPE] = orig
+    meta[META_IMAGE_SHAPE] = shape
+    meta[META_WINDOW] = list(window)
+    meta[META_SCALE] = scale
+    meta[META_ACTIVE_CLASS_IDS] = active
+    return meta
 
 
 def parse_image_meta(meta):
@@ -658,17 +691,10 @@ def parse_image_meta(meta):
     active_class_ids [NUM_CLASSES] int32.
     """
     meta = np.asarray(meta)
-    if meta.shape[-1] < 13:
-        raise ValueError(f"parse_image_meta: meta vectors need 12 + NUM_CLASSES values, got "
-                         f"{meta.shape[-1]}")
-    return {
-        "image_id": meta[..., 0].astype(np.int32),
-        "original_image_shape": meta[..., 1:4].astype(np.int32),
-        "image_shape": meta[..., 4:7].astype(np.int32),
-        "window": meta[..., 7:11].astype(np.int32),
-        "scale": meta[..., 11].astype(np.float32),
-        "active_class_ids": meta[..., 12:].astype(np.int32),
-    }
+    if meta.shape[-1] <= META_FIXED_SIZE:
+        raise ValueError(f"parse_image_meta: meta vectors need {META_FIXED_SIZE} + NUM_CLASSES "
+                         f"values, got {meta.shape[-1]}")
+    return {name: meta[..., where].astype(dtype) for name, (where, dtype) in META_FIELDS.items()}
 
 
 def mold_image(images, config):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from ..data.image_ops import META_WINDOW
 from . import box_ops
 from .ops import batched_nms
 
@@ -13,9 +14,9 @@ __all__ = ["DetectionLayer", "TrimDetections", "PadDetections", "WindowFromMeta"
 
 
 def meta_window(image_meta, image):
-    """Normalised window [B, 4] from image_meta [B, META] (pixel window at 7:11) and the
-    molded image [B, H, W, C]."""
-    window = image_meta[:, 7:11]
+    """Normalised window [B, 4] from image_meta [B, META] (the pixel window, field
+    :data:`~mrcnn_nuclei.data.image_ops.META_WINDOW`) and the molded image [B, H, W, C]."""
+    window = image_meta[:, META_WINDOW]
     shape = ops.shape(image)
     h = ops.cast(shape[1], window.dtype)
     w = ops.cast(shape[2], window.dtype)
