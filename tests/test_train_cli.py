@@ -1,4 +1,5 @@
-"""samples/nucleus/train.py: help, argument errors, and a tiny synthetic train -> detect run."""
+"""The train/detect commands (mrcnn_nuclei.commands.nucleus; samples/nucleus/train.py wraps them):
+help, argument errors, and a tiny synthetic train -> detect run of the script."""
 
 import csv
 import os
@@ -11,9 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "samples" / "nucleus" / "train.py"
-sys.path.insert(0, str(SCRIPT.parent))
 
-import train as cli  # noqa: E402  (samples/nucleus/train.py)
+from mrcnn_nuclei.commands import nucleus as cli  # noqa: E402  (what the script runs)
 
 
 def test_help_runs_as_a_script():
