@@ -9,7 +9,8 @@
 ``MaskRCNN.from_folder``) gives back a ready inference model: the config read and set for
 inference (:func:`mrcnn_nuclei.config.inference_config`), the weights loaded (an error naming
 the layers when the file leaves some unfilled), and ``model.postprocess`` holding the settings
-that :func:`mrcnn_nuclei.evaluation.evaluate_dataset` and the ``detect`` command apply.
+that :func:`mrcnn_nuclei.evaluation.evaluate_dataset`, the ``detect`` command and
+:func:`detect` (``model.detect`` plus the post-processing) apply.
 
 ``load_model`` also takes a weights file instead of a folder (a training checkpoint): its config
 is found by :func:`mrcnn_nuclei.weights.find_config_beside` (``<stem>.json`` beside it, then
@@ -26,8 +27,8 @@ import numpy as np
 
 from .weights.beside import CONFIG_NAME, find_config_beside
 
-__all__ = ["PostProcess", "save_model", "load_model", "inference_config_for", "WEIGHTS_NAME",
-           "POSTPROCESS_NAME", "CONFIG_NAME"]
+__all__ = ["PostProcess", "save_model", "load_model", "detect", "inference_config_for",
+           "WEIGHTS_NAME", "POSTPROCESS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "weights.weights.h5"
 POSTPROCESS_NAME = "postprocess.json"
@@ -124,6 +125,24 @@ class PostProcess:
                                                  self.overlap)
         keep = masks.sum(axis=(0, 1)) >= max(int(self.min_size), 1)  # also drops emptied masks
         return masks[..., keep], scores[keep], class_ids[keep]
+
+
+def detect(model, images, postprocess=None):
+    """``model.detect(images)`` with the post-processing applied: one Matterport-style dict per
+    image (``rois`` [K, 4] from the kept masks, ``class_ids``, ``scores``, ``masks`` [H, W, K]),
+    settings from ``postprocess``, else ``model.postprocess`` (a loaded model folder's), else
+    the defaults."""
+    from .data.image_ops import extract_bboxes
+
+    settings = _settings(postprocess if postprocess is not None
+                         else getattr(model, "postprocess", None))
+    out = []
+    for image in images:
+        masks, scores, class_ids = settings.apply(settings.detect(model, image), np.shape(image))
+        out.append({"rois": extract_bboxes(masks).astype(np.int32),
+                    "class_ids": class_ids.astype(np.int32),
+                    "scores": scores.astype(np.float32), "masks": masks})
+    return out
 
 
 # ------------------------------------------------------------------------------------ saving

@@ -89,6 +89,28 @@ def test_postprocess_apply_hand_made():
         PostProcess.from_dict({"min_area": 3})
 
 
+def test_detect_applies_the_models_settings():
+    from mrcnn_nuclei.modelfolder import detect
+
+    shape = (20, 20)
+    masks = np.stack([_square(shape, 0, 0, 10), _square(shape, 5, 5, 10),
+                      _square(shape, 17, 17, 2)], -1)
+
+    class Loaded:  # stands for load_model(folder): detect() plus .postprocess
+        postprocess = PostProcess(min_size=5)
+
+        def detect(self, images):
+            return [{"masks": masks, "scores": np.array([0.9, 0.6, 0.8]),
+                     "class_ids": np.ones(3, np.int32), "rois": np.zeros((3, 4), np.int32)}
+                    for _ in images]
+
+    r = detect(Loaded(), [np.zeros(shape + (3,), np.uint8)])[0]
+    assert r["scores"].tolist() == pytest.approx([0.9, 0.6]) and r["masks"].shape[-1] == 2
+    assert r["rois"].tolist() == [[0, 0, 10, 10], [5, 5, 15, 15]]
+    assert r["masks"][..., 1].sum() == 75                           # overlap to the 0.9 mask
+    assert detect(Loaded(), [np.zeros(shape, np.uint8)], PostProcess())[0]["scores"].size == 3
+
+
 def test_mask_threshold_thresholds_soft_masks():
     soft = np.zeros((6, 6, 1), np.float32)
     soft[1:4, 1:4, 0] = 0.3
