@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_segment", "cmd_segment", "add_package_commands"]
 
 
 # ------------------------------------------------------------------------------------- segment

@@ -61,7 +61,7 @@ def resolve_weights(weights, logs):
     """Weights path for ``--weights`` (model folder, file, ``last`` or ``none`` -> None), checked
     cheaply (missing, truncated or foreign file) before any model is built; SystemExit
     otherwise."""
-    from ..model import find_last_checkpoint
+    from ..runs import find_last_checkpoint
     from ..modelfolder import WEIGHTS_NAME
     from ..weights import check_weights_file
 

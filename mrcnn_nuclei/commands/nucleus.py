@@ -37,7 +37,7 @@ from ..config import NucleusConfig, NucleusInferenceConfig, inference_config
 
 __all__ = ["SyntheticConfig", "make_config", "load_dataset", "check_before_build", "cmd_train",
            "cmd_detect", "overlay_image", "save_overlay", "build_parser", "add_train_arguments",
-           "add_detect_arguments", "run", "main"]
+           "add_detect_arguments", "run", "main", "default_augmentation", "detect_model"]
 
 #: Defaults of --logs and of detect's output folder (relative to the working folder; the
 #: samples/nucleus/train.py wrapper passes folders of the checkout).
@@ -176,7 +176,7 @@ def check_before_build(args, config, schedule=None):
     OSError or ValueError with the message to show."""
     from .. import weights
     from ..fileio import check_writable_dir
-    from ..model import checkpoint_epoch
+    from ..runs import checkpoint_epoch
 
     path = weights.resolve_weights_arg(args.weights, model_dir=args.logs, name=config.NAME)
     if schedule is None:

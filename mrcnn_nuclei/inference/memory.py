@@ -57,7 +57,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["DetectMemoryError", "DetectionLimitWarning", "estimate_detect_memory",
-           "memory_limit_bytes", "over_limit", "warn_if_full", "K_FEAT", "K_ROI"]
+           "memory_limit_bytes", "over_limit", "over_limit_message", "physical_memory_bytes",
+           "warn_if_full", "K_FEAT", "K_ROI"]
 
 #: calibrated multipliers (see the module docstring)
 K_FEAT = 0.41

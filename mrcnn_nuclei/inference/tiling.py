@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_grid", "tiled_detect", "keep_in_core", "paste_kept", "labels_to_result"]
+__all__ = ["tile_grid", "tiled_detect", "detect_tiled", "keep_in_core", "paste_kept",
+           "labels_to_result"]
 
 
 def tile_grid(length, tile_size, overlap):

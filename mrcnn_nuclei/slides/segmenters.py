@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ClassicalSpec", "MaskRCNNSpec", "get_segmenter", "make_spec", "resolve_weights"]
+__all__ = ["ClassicalSpec", "MaskRCNNSpec", "get_segmenter", "make_spec", "resolve_weights",
+           "class_names_for"]
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()

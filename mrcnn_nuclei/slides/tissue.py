@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tissue_mask", "tiles_with_tissue", "MIN_SATURATION", "MAX_SATURATION"]
+__all__ = ["tissue_mask", "tiles_with_tissue", "saturation_tissue", "MIN_SATURATION",
+           "MAX_SATURATION"]
 
 MIN_SATURATION = 0.04
 MAX_SATURATION = 0.10

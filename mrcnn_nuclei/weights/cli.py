@@ -18,7 +18,7 @@ WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
 def resolve_weights_arg(spec, model=None, model_dir=None, name=None):
     """Path for a ``--weights`` value: coco | imagenet | last | none | PATH (None for "none").
 
-    ``last``: the newest checkpoint (``mrcnn_nuclei.model.find_last_checkpoint``) of ``model``
+    ``last``: the newest checkpoint (``mrcnn_nuclei.runs.find_last_checkpoint``) of ``model``
     (a MaskRCNN: its model_dir and config NAME) or, without a model, under ``model_dir`` of
     config ``name`` (None: runs of any NAME).  The file found is checked cheaply
     (:func:`check_weights_file`), so a missing, truncated or foreign file fails here, before a
@@ -33,7 +33,7 @@ def resolve_weights_arg(spec, model=None, model_dir=None, name=None):
         if model is not None:
             path = model.find_last()
         elif model_dir is not None:
-            from ..model import find_last_checkpoint
+            from ..runs import find_last_checkpoint
 
             path = find_last_checkpoint(model_dir, name)
         else:
