@@ -323,7 +323,6 @@ def process_cluster():
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.mark.slow
 def test_worker_peak_memory_does_not_grow_with_slide_size(monuseg_root, process_cluster,
                                                           tmp_path):
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
@@ -346,7 +345,6 @@ def test_worker_peak_memory_does_not_grow_with_slide_size(monuseg_root, process_
     assert peaks[1] <= peaks[0] + 10, peaks
 
 
-@pytest.mark.slow
 def test_a_worker_dying_mid_tile_loses_only_that_tile(slide, run2, process_cluster, tmp_path):
     from distributed import Client
 
