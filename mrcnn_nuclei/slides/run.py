@@ -78,13 +78,13 @@ def plan_tiles(shape, tile, overlap):
 def open_client(scheduler=None, workers=1, threads=1, processes=True):
     """(client, cluster): a Client of the scheduler at ``scheduler`` (cluster None), or of a new
     LocalCluster with ``workers`` processes (threads when ``processes=False``) of ``threads``
-    threads each (no dashboard)."""
+    threads each; its dashboard listens on a free port (``client.dashboard_link``)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=int(threads),
-                           processes=bool(processes), dashboard_address=None)
+                           processes=bool(processes), dashboard_address=":0")
     return Client(cluster), cluster
 
 
@@ -447,6 +447,9 @@ def segment_slides(slides, out, weights=None, segmenter="maskrcnn", *, scheduler
         client, cluster = open_client(scheduler, workers, threads, processes)
     cluster_s = time.perf_counter() - t0
     slots = sum(client.nthreads().values()) or 1
+    if progress:
+        print(f"Dask: {len(client.nthreads())} worker(s), {slots} thread(s); dashboard "
+              f"{client.dashboard_link}")
     try:
         return [_segment_one(client, slots, run, retries, progress, on_tile, keep_tiles,
                              cluster_s) for run in runs]
