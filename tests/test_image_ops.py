@@ -229,6 +229,27 @@ def test_image_meta_round_trip_single_and_batch():
     assert NucleusConfig().IMAGE_META_SIZE == meta.shape[0]
 
 
+def test_image_meta_layout_is_named_once():
+    """The META_* names give each field's place (Matterport's layout written out by hand) and
+    the graph's window reader and loss use them."""
+    import inspect
+
+    from mrcnn_nuclei import training
+    from mrcnn_nuclei.layers import detection
+
+    meta = IO.compose_image_meta(3, (10, 20, 3), (64, 64, 3), (1, 2, 11, 22), 1.5, [1, 0, 1])
+    assert meta.tolist() == [3, 10, 20, 3, 64, 64, 3, 1, 2, 11, 22, 1.5, 1, 0, 1]
+    assert meta[IO.META_WINDOW].tolist() == [1, 2, 11, 22] and meta[IO.META_SCALE] == 1.5
+    assert meta[IO.META_ACTIVE_CLASS_IDS].tolist() == [1, 0, 1]
+    assert IO.META_FIXED_SIZE + 3 == meta.size
+    assert list(IO.META_FIELDS) == list(IO.parse_image_meta(meta))
+    with pytest.raises(ValueError, match="12 \\+ NUM_CLASSES"):
+        IO.parse_image_meta(meta[:12])
+    for fn in (detection.meta_window, training.mask_rcnn_losses):   # no literal offsets left
+        src = inspect.getsource(fn)
+        assert "META_" in src and "7:11" not in src and "12:" not in src
+
+
 def test_mold_unmold_and_channel_check():
     cfg = NucleusConfig()
     img = _image(8, 8)

@@ -59,6 +59,23 @@ def test_layer_names_reachable(infer_model):
     assert [o.shape[-1] for o in km.outputs[:1]] == [6]
 
 
+def test_inference_outputs_are_named_in_matterport_order(infer_model):
+    """The inference graph returns a dict by name; .outputs keeps Matterport's positional order."""
+    from mrcnn_nuclei.data.image_ops import compose_image_meta
+    from mrcnn_nuclei.network import INFERENCE_OUTPUTS
+
+    km = infer_model.keras_model
+    assert INFERENCE_OUTPUTS == ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask",
+                                 "rpn_rois", "rpn_class", "rpn_bbox")
+    assert list(km.output) == list(INFERENCE_OUTPUTS)
+    assert all(km.outputs[i] is km.output[name] for i, name in enumerate(INFERENCE_OUTPUTS))
+    meta = compose_image_meta(0, (64, 64, 3), (64, 64, 3), (0, 0, 64, 64), 1.0, np.ones(2))
+    res = km.predict_on_batch([np.zeros((1, 64, 64, 3), np.float32), meta[None]])
+    assert list(res) == list(INFERENCE_OUTPUTS)
+    assert res["detections"].shape == (1, 20, 6) and res["mrcnn_mask"].shape[:2] == (1, 20)
+    assert res["mrcnn_class"].shape == (1, 64, 2) and res["rpn_rois"].shape == (1, 64, 4)
+
+
 def test_detect_awkward_inputs(infer_model):
     rng = np.random.default_rng(0)
     images = [
