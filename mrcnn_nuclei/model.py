@@ -6,6 +6,7 @@ one module per job:
   learning-rate schedule, checkpoint/log callbacks, the default batch loader;
 * :mod:`mrcnn_nuclei.runs`: run-folder naming, checkpoint epochs, ``find_last_checkpoint``;
 * :mod:`mrcnn_nuclei.molding`: images <-> graph inputs and outputs;
+* :mod:`mrcnn_nuclei.inference.detect`: input checks, memory bound, batched graph runs;
 * :mod:`mrcnn_nuclei.weights`: reading and writing weight files.
 
     model = MaskRCNN("training", config, model_dir="logs")
@@ -246,39 +247,6 @@ class MaskRCNN:
 
         return mold_inputs(images, self.config)
 
-    def _run(self, molded, metas, verbose=0, fn="detect"):
-        """Run the inference graph on molded images grouped by shape, BATCH_SIZE at a time.
-        Returns per image (detections [D, 6], mrcnn_mask [D, h, w, K]). Warns
-        (DetectionLimitWarning) for an image whose detections fill DETECTION_MAX_INSTANCES."""
-        from .inference.memory import warn_if_full
-
-        if self.mode != "inference":
-            raise ValueError("detect() needs a model built with mode='inference'")
-        out = [None] * len(molded)
-        groups = {}
-        for i, m in enumerate(molded):
-            groups.setdefault(tuple(m.shape), []).append(i)
-        bs = max(1, int(self.config.BATCH_SIZE))
-        for shape, idx in groups.items():
-            if len(shape) != 3 or shape[2] != self.config.IMAGE_CHANNEL_COUNT:
-                raise ValueError(f"molded images must be [H, W, {self.config.IMAGE_CHANNEL_COUNT}]"
-                                 f" (IMAGE_CHANNEL_COUNT), got {shape}")
-            if shape[0] % 64 or shape[1] % 64:
-                raise ValueError(f"molded image size {shape[:2]} must be a multiple of 64; use "
-                                 "IMAGE_RESIZE_MODE 'square' or 'pad64'")
-            for s in range(0, len(idx), bs):
-                chunk = idx[s:s + bs]
-                x = np.stack([molded[i] for i in chunk]).astype(np.float32)
-                meta = np.stack([metas[i] for i in chunk]).astype(np.float32)
-                if verbose:
-                    log("molded_images", x)
-                    log("image_metas", meta)
-                res = self.keras_model.predict_on_batch([x, meta])  # dict: INFERENCE_OUTPUTS
-                for j, i in enumerate(chunk):
-                    out[i] = (np.asarray(res["detections"][j]), np.asarray(res["mrcnn_mask"][j]))
-                    warn_if_full(self.config, out[i][0], i, shape, fn)
-        return out
-
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window, soft=False):
         """One image's graph outputs -> (rois [N,4] int32, class_ids [N] int32, scores [N]
@@ -288,43 +256,6 @@ class MaskRCNN:
 
         return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
                                  window, self.config, soft=soft)
-
-    def _detect(self, images, soft, verbose):
-        from .inference import memory as M
-        from .inference.inputs import check_detect_images
-        from .inference.tiling import detect_tiled
-
-        c = self.config
-        fn = "detect_soft" if soft else "detect"
-        images = check_detect_images(images, c.IMAGE_CHANNEL_COUNT, fn)
-        if not images:
-            return []
-        molded, metas, windows = self.mold_inputs(images)
-        shapes = [np.shape(image) for image in images]
-        over = dict(M.over_limit(c, [m.shape for m in molded], shapes, soft))
-        if over and (not c.AUTO_TILE or soft or c.NUM_CLASSES > 2):
-            i, need = next(iter(over.items()))
-            why = ("" if not c.AUTO_TILE else " (AUTO_TILE does not apply: " +
-                   ("detect_soft() has no tiled soft masks)" if soft else
-                    "tiled results carry no class ids with NUM_CLASSES > 2)"))
-            raise M.DetectMemoryError(M.over_limit_message(c, fn, i, need, molded[i].shape,
-                                                           shapes[i]) + why)
-        results = [None] * len(images)
-        for i, need in over.items():
-            logger.warning("%s(): image #%d (%dx%d) needs about %.1f GB, over "
-                           "DETECT_MEMORY_LIMIT_GB; running tiled_detect on it (AUTO_TILE = True)",
-                           fn, i, shapes[i][0], shapes[i][1], need / 1e9)
-            results[i] = detect_tiled(self, images[i])
-        todo = [i for i in range(len(images)) if i not in over]
-        outs = self._run([molded[i] for i in todo], [metas[i] for i in todo], verbose, fn)
-        for i, (det, mask) in zip(todo, outs):
-            rois, ids, scores, masks, softs = self.unmold_detections(
-                det, mask, shapes[i], molded[i].shape, windows[i], soft=soft)
-            r = {"rois": rois, "class_ids": ids, "scores": scores, "masks": masks}
-            if soft:
-                r["soft_masks"] = softs
-            results[i] = r
-        return results
 
     def detect(self, images, verbose=0):
         """Detect nuclei. images: a LIST of [H, W] or [H, W, C] arrays, channels last, any
@@ -344,41 +275,26 @@ class MaskRCNN:
         When an image's detections fill all DETECTION_MAX_INSTANCES slots it warns with
         :class:`mrcnn_nuclei.inference.memory.DetectionLimitWarning`.
         """
-        return self._detect(images, soft=False, verbose=verbose)
+        from .inference.detect import detect
+
+        return detect(self, images, soft=False, verbose=verbose)
 
     def detect_soft(self, images, verbose=0):
         """Like :meth:`detect` (same input checks, memory bound and warnings; no AUTO_TILE),
         plus "soft_masks" [H, W, N] float32 in [0, 1] (mask probabilities pasted at full size,
         before thresholding) for TTA and ensembles."""
-        return self._detect(images, soft=True, verbose=verbose)
+        from .inference.detect import detect
+
+        return detect(self, images, soft=True, verbose=verbose)
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
         """Detect on already molded images [N, H, W, C] (one array or a list of [H, W, C],
         channels last) with their image_metas [N, META] (original size and window read from
         the metas). Same memory bound (always raises past it) and DETECTION_MAX_INSTANCES
         warning as :meth:`detect`."""
-        from .data.image_ops import parse_image_meta
-        from .inference import memory as M
-        from .inference.inputs import check_molded_images
+        from .inference.detect import detect_molded
 
-        molded = check_molded_images(molded_images, self.config.IMAGE_CHANNEL_COUNT)
-        if not molded:
-            return []
-        metas = np.asarray(image_metas, np.float32).reshape(len(molded), -1)
-        parsed = parse_image_meta(metas)
-        origs = [tuple(int(v) for v in o) for o in parsed["original_image_shape"]]
-        over = M.over_limit(self.config, [m.shape for m in molded], origs)
-        if over:
-            i, need = over[0]
-            raise M.DetectMemoryError(M.over_limit_message(
-                self.config, "detect_molded", i, need, molded[i].shape, origs[i]))
-        outs = self._run(molded, metas, verbose, "detect_molded")
-        results = []
-        for i, (det, mask) in enumerate(outs):
-            rois, ids, scores, masks, _ = self.unmold_detections(
-                det, mask, origs[i], molded[i].shape, parsed["window"][i])
-            results.append({"rois": rois, "class_ids": ids, "scores": scores, "masks": masks})
-        return results
+        return detect_molded(self, molded_images, image_metas, verbose=verbose)
 
     # -------------------------------------------------------------------------- model folders
     @classmethod
