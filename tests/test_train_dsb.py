@@ -91,7 +91,7 @@ def test_short_scratch_run_learns_real_nuclei(dsb_root, tmp_path):
         FPN_CLASSIF_FC_LAYERS_SIZE=128, STEPS_PER_EPOCH=20, POST_NMS_ROIS_TRAINING=256,
         TRAIN_ROIS_PER_IMAGE=64, RPN_TRAIN_ANCHORS_PER_IMAGE=64, LEARNING_RATE_WARMUP_STEPS=20,
         DETECTION_MIN_CONFIDENCE=0.3, SEED=0)
-    model, curve = train_budgeted(config, train_ds, val_ds, minutes=6, model_dir=str(tmp_path),
+    model, curve = train_budgeted(config, train_ds, val_ds, minutes=20, model_dir=str(tmp_path),
                                   eval_at=[], eval_untrained=True, max_steps=150, workers=1,
                                   verbose=0)
     print("\n" + format_curve(curve))
