@@ -162,3 +162,39 @@ def test_real_dsb_images_pass(dsb_root):
     ds = DSBDataset().load(dsb_root)
     ds.prepare()
     assert find_bad_images(ds, Config(), image_ids=ds.image_ids[:40]) == []
+
+
+def test_skip_bad_images_flag_reaches_training_and_evaluation(bad_dsb):
+    """--skip-bad-images (train/detect and evaluate commands) sets Config.SKIP_BAD_IMAGES, and the
+    one evaluation loop then scores only the good image instead of stopping."""
+    from mrcnn_nuclei.commands import evaluate as ev
+    from mrcnn_nuclei.commands import nucleus
+    from mrcnn_nuclei.evaluation import evaluate_dataset
+
+    parser = nucleus.build_parser()
+    base = ["train", "--dataset=synthetic", "--weights=none"]
+    assert nucleus.make_config(parser.parse_args(base + ["--skip-bad-images"]), False) \
+        .SKIP_BAD_IMAGES is True
+    assert nucleus.make_config(parser.parse_args(base), False).SKIP_BAD_IMAGES is False
+    import argparse
+    eva = ev.add_arguments(argparse.ArgumentParser())
+    common = ["--dataset=x", "--weights=none", "--out=o"]
+    assert eva.parse_args(common + ["--skip-bad-images"]).skip_bad_images is True
+    assert eva.parse_args(common).skip_bad_images is False
+
+    ds, files = bad_dsb
+
+    class Detector:
+        def __init__(self, skip):
+            self.config = type("C", (Config,), {"NAME": "t", "SKIP_BAD_IMAGES": skip})()
+
+        def __call__(self, image):
+            h, w = image.shape[:2]
+            return {"masks": np.zeros((h, w, 0), bool), "scores": np.zeros(0, np.float32),
+                    "class_ids": np.zeros(0, np.int32), "rois": np.zeros((0, 4), np.int32)}
+
+    with pytest.raises(BadImagesError) as info:
+        evaluate_dataset(Detector(False), ds, verbose=0)
+    assert str(files["cut_image"][0].name) in str(info.value)
+    summary = evaluate_dataset(Detector(True), ds, verbose=0, pannuke=False)
+    assert summary["n_images"] == 1

@@ -142,6 +142,9 @@ def add_arguments(ap):
     ap.add_argument("--score-threshold", type=float, default=None,
                     help="drop detections scoring below X (default: the model folder's, else 0)")
     ap.add_argument("--coco-backend", default="pycocotools", choices=["pycocotools", "numpy"])
+    ap.add_argument("--skip-bad-images", action="store_true",
+                    help="skip unreadable or damaged images/masks (counted in the log) instead "
+                         "of stopping with the list of bad files")
     ap.add_argument("--allow-partial-weights", action="store_true",
                     help="accept a weights file that leaves layers of the model unfilled (random)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -158,6 +161,8 @@ def run(args):
         resolve_weights(args.weights, args.logs)  # fails fast, before the datasets and model
         dataset, ids = build_dataset(args.dataset, args.subset, args.limit)
         model = build_model(args.weights, args.logs, allow_partial=args.allow_partial_weights)
+        if args.skip_bad_images:
+            model.config.SKIP_BAD_IMAGES = True
     except (OSError, ValueError) as err:
         if args.verbose > 1:
             raise

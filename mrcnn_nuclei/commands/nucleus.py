@@ -106,6 +106,8 @@ def make_config(args, inference):
         overrides["LEARNING_RATE"] = float(args.lr)
     if getattr(args, "images_per_gpu", None):
         overrides["IMAGES_PER_GPU"] = int(args.images_per_gpu)
+    if getattr(args, "skip_bad_images", False):
+        overrides["SKIP_BAD_IMAGES"] = True
     config = type(base.__name__, (base,), overrides)() if overrides else base()
     if not inference:
         return config
@@ -378,6 +380,9 @@ def _common_arguments(sp, default_logs):
                     help="synthetic training images (held-out sets get N/4)")
     sp.add_argument("--limit", type=int, default=None, metavar="N",
                     help="use only the first N images of the subset")
+    sp.add_argument("--skip-bad-images", action="store_true",
+                    help="skip unreadable or damaged images/masks (counted in the log) instead "
+                         "of stopping with the list of bad files")
     sp.add_argument("--allow-partial-weights", action="store_true",
                     help="detect: accept a weights file that leaves layers of the model "
                          "unfilled (random); without it that is an error naming them "
