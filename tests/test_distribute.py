@@ -3,12 +3,15 @@ JAX processes on 127.0.0.1, gives the same losses and the same updated weights a
 with the same global batch.  Each setting runs tests/distribute_worker.py in a subprocess
 (devices must be configured before the backend starts)."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from test_backends import run_worker
+from test_backends import HERE, jax_cache, run_worker  # noqa: F401  (jax_cache: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +53,6 @@ def test_jax_data_parallel_two_devices_and_two_processes_equal_one_device(work, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    import subprocess
-    import sys
-    import os
-    from test_backends import HERE
-
     procs = []
     for pid in (0, 1):
         env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
