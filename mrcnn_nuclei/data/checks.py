@@ -105,10 +105,13 @@ def default_check_image(dataset, image_id, channels=None):
     return problems
 
 
-def check_image_and_labels(dataset, image_id, channels, load_labels):
+def check_image_and_labels(dataset, image_id, channels, load_labels, source=None):
     """Problems of one image whose instances come as a label map: decodes the image
     (``dataset.load_image``) and ``load_labels(image_id)`` (``[H, W]`` or ``[H, W, K]``) and
-    compares their sizes, without building the ``[H, W, N]`` mask stack."""
+    compares their sizes, without building the ``[H, W, N]`` mask stack. With ``source``, an
+    image registered under another source gets :func:`default_check_image` instead."""
+    if source is not None and dataset.image_info[int(image_id)]["source"] != source:
+        return default_check_image(dataset, image_id, channels)
     want = int(channels if channels is not None else getattr(dataset, "channel_count", 3))
     try:
         image = np.asarray(dataset.load_image(image_id))

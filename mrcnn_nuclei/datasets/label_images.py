@@ -209,9 +209,7 @@ class LabelImageDataset(Dataset):
         """Decode the image and its label file and compare sizes (no mask stack is built)."""
         from ..data.checks import check_image_and_labels
 
-        if self._info(image_id)["source"] != SOURCE:
-            return super().check_image(image_id, channels)
-        return check_image_and_labels(self, image_id, channels, self.load_labels)
+        return check_image_and_labels(self, image_id, channels, self.load_labels, SOURCE)
 
     def image_reference(self, image_id):
         """Path of the image file."""

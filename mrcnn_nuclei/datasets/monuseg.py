@@ -324,9 +324,7 @@ class MoNuSegDataset(Dataset):
         """Decode the tile and rasterise (or read cached) labels; compare sizes."""
         from ..data.checks import check_image_and_labels
 
-        if self._info(image_id)["source"] != SOURCE:
-            return super().check_image(image_id, channels)
-        return check_image_and_labels(self, image_id, channels, self.load_labels)
+        return check_image_and_labels(self, image_id, channels, self.load_labels, SOURCE)
 
     def image_reference(self, image_id):
         """Path of the tile image."""
