@@ -166,9 +166,9 @@ def make_optimizer(config, learning_rate, momentum):
 def compile_training_model(keras_model, config, learning_rate, momentum, distribution=None):
     """Compile ``keras_model`` with :func:`make_optimizer` (inside ``distribution.scope()``
     when given); returns the :class:`WarmUp` schedule or None."""
-    opt, schedule = make_optimizer(config, learning_rate, momentum)
     scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
-    with scope:
+    with scope:  # optimizer (and its slots, the WarmUp scale) on the strategy's devices too
+        opt, schedule = make_optimizer(config, learning_rate, momentum)
         keras_model.compile(optimizer=opt, jit_compile=False)
     return schedule
 
