@@ -114,11 +114,19 @@ def phase_init(work):
     from mrcnn_nuclei.data.loader import TrainingLoader
 
     cfg = ParityConfig()
-    model = MaskRCNN("training", cfg, os.path.join(work, "logs"))
+    batch = TrainingLoader(synthetic(2, 0), cfg, seed=1)[0]
+    # random weights can put every proposal on the image border (degenerate boxes), where the
+    # heads cannot be compared (see compare_runs): take the first seed whose proposals include
+    # boxes clear of the border, so the test is the same on every run
+    for seed in range(20):
+        keras.utils.set_random_seed(seed)
+        model = MaskRCNN("training", cfg, os.path.join(work, "logs"))
+        rois = np.asarray(model.keras_model(batch)["rpn_rois"])[0]
+        if ((rois > 0) & (rois < 1)).all(-1).sum() >= 8:
+            break
     model.keras_model.save_weights(os.path.join(work, "w0.weights.h5"))
     names, arrays = legacy_arrays(model.keras_model)
     write_legacy_h5(os.path.join(work, "w0_legacy.h5"), names, arrays)
-    batch = TrainingLoader(synthetic(2, 0), cfg, seed=1)[0]
     np.savez(os.path.join(work, "batch.npz"), **batch)
 
 

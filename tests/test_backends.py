@@ -81,7 +81,7 @@ def compare_runs(tf_run, jx_run):
     np.testing.assert_allclose(jx_run["mrcnn_class"][0, inner], tf_run["mrcnn_class"][0, inner],
                                atol=1e-4)
     np.testing.assert_allclose(jx_run["mrcnn_bbox"][0, inner], tf_run["mrcnn_bbox"][0, inner],
-                               atol=1e-3)
+                               rtol=1e-4, atol=1e-3)  # random-weight deltas reach ~50
     # detections of the graph (normalised) and of detect() (pixels, original size)
     n = int((tf_run["detections"][0, :, 4] > 0).sum())
     assert n > 0 and n == int((jx_run["detections"][0, :, 4] > 0).sum())
