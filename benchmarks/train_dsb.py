@@ -43,6 +43,19 @@ def parse_overrides(items):
     return out
 
 
+def save_recipe_model(model, config, folder):
+    """The trained weights as a model folder (``mrcnn_nuclei.modelfolder``) with the recipe's
+    inference config (:func:`mrcnn_nuclei.recipes.inference_twin`) and default
+    post-processing: what the curve's final point scored."""
+    from mrcnn_nuclei.model import MaskRCNN
+    from mrcnn_nuclei.modelfolder import save_model
+    from mrcnn_nuclei.recipes import copy_weights, inference_twin
+
+    infer = MaskRCNN("inference", inference_twin(config), model_dir=os.path.dirname(folder))
+    copy_weights(model, infer)
+    return save_model(infer, folder)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
@@ -59,6 +72,10 @@ def main(argv=None):
                    help="score the curve points on the first N val ids and all val ids "
                         "(or --val-limit) once more at the end (saves evaluation time)")
     p.add_argument("--train-limit", type=int, default=None, help="first N training ids only")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="hold N of the training ids aside (stratified by image_groups.tsv, "
+                        "fixed split): the curve is scored on them (tuning), the val ids are "
+                        "scored once at the end; the split is written to OUT/holdout_ids.txt")
     p.add_argument("--workers", type=int, default=2, help="loader threads")
     p.add_argument("--augment", choices=["light", "nucleus", "none"], default="light")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
@@ -70,7 +87,8 @@ def main(argv=None):
 
     from mrcnn_nuclei import weights
     from mrcnn_nuclei.datasets import DSBDataset
-    from mrcnn_nuclei.recipes import DSBScratchConfig, config_with, format_curve, train_budgeted
+    from mrcnn_nuclei.recipes import (DSBScratchConfig, config_with, format_curve, holdout_ids,
+                                      read_image_groups, train_budgeted)
 
     if not os.path.isdir(args.dataset):
         raise SystemExit(f"--dataset {args.dataset}: not a folder; pass the DSB2018 stage-1 "
@@ -80,16 +98,34 @@ def main(argv=None):
     config = config_with(DSBScratchConfig, **overrides)
 
     train_ds = DSBDataset().load(args.dataset, subset="train")
+    train_names = [info["id"] for info in train_ds.image_info]
     if args.train_limit:
-        ids = [info["id"] for info in train_ds.image_info[: args.train_limit]]
-        train_ds = DSBDataset().load(args.dataset, ids=ids)
+        train_names = train_names[: args.train_limit]
+    held = []
+    if args.holdout:
+        groups_tsv = os.path.join(args.dataset, "image_groups.tsv")
+        groups = read_image_groups(groups_tsv) if os.path.exists(groups_tsv) else {}
+        train_names, held = holdout_ids(train_names, args.holdout, groups)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "holdout_ids.txt"), "w") as f:
+            f.write("\n".join(held) + "\n")
+    if args.train_limit or held:
+        train_ds = DSBDataset().load(args.dataset, ids=train_names)
     train_ds.prepare()
-    val_ds = DSBDataset().load(args.dataset, subset="val")
+    val_names = [info["id"] for info in DSBDataset().load(args.dataset, subset="val").image_info]
+    if args.val_limit:
+        val_names = val_names[: args.val_limit]
+    # one evaluation dataset: the held-out ids (if any) first, then the val ids
+    val_ds = DSBDataset().load(args.dataset, ids=held + val_names)
     val_ds.prepare()
-    val_ids = list(val_ds.image_ids)[: args.val_limit] if args.val_limit else None
+    internal = {info["id"]: i for i, info in enumerate(val_ds.image_info)}
+    val_ids = [internal[n] for n in val_names]
     final_ids = None
-    if args.curve_limit:
-        final_ids = val_ids if val_ids is not None else list(val_ds.image_ids)
+    if held:
+        final_ids = val_ids
+        val_ids = [internal[n] for n in held][: args.curve_limit or None]
+    elif args.curve_limit:
+        final_ids = val_ids
         val_ids = final_ids[: args.curve_limit]
 
     augmentation = None
@@ -103,8 +139,8 @@ def main(argv=None):
         while k * args.eval_every < args.minutes - 1e-9:
             eval_at.append(k * args.eval_every)
             k += 1
-    print(f"train ids: {len(train_ds.image_ids)}  val ids: "
-          f"{len(val_ids) if val_ids else len(val_ds.image_ids)}  budget: {args.minutes} min  "
+    print(f"train ids: {len(train_ds.image_ids)}  curve ids: {len(val_ids)}"
+          f"{' (held out)' if held else ''}  final ids: {len(final_ids or [])}  budget: {args.minutes} min  "
           f"evaluations at {eval_at + [args.minutes]} min\noverrides: {overrides}", flush=True)
     t0 = time.time()
     model, curve = train_budgeted(config, train_ds, val_ds, args.minutes, args.out,
@@ -116,12 +152,14 @@ def main(argv=None):
                                 config=config)
     eval_s = sum(row.get("eval_seconds", 0.0) + row.get("final", {}).get("eval_seconds", 0.0)
                  for row in curve)
-    n_curve = len(val_ids) if val_ids is not None else len(val_ds.image_ids)
-    print(f"\ncurve on {n_curve} val ids:\n" + format_curve(curve))
+    folder = save_recipe_model(model, config, os.path.join(args.out, "model"))
+    print(f"\ncurve on {len(val_ids)} {'held-out' if held else 'val'} ids:\n"
+          + format_curve(curve))
     if final_ids is not None:
         row = dict(curve[-1], **curve[-1]["final"])
         print(f"\nfinal on {len(final_ids)} val ids:\n" + format_curve([row]))
-    print(f"\nwall clock {wall / 60:.1f} min (evaluation {eval_s / 60:.1f} min); weights: {path}")
+    print(f"\nwall clock {wall / 60:.1f} min (evaluation {eval_s / 60:.1f} min); weights: {path}"
+          f"\nmodel folder (weights, config, post-processing): {folder}")
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump({"args": vars(args), "overrides": {k: repr(v) for k, v in overrides.items()},
                    "curve": curve, "wall_seconds": wall}, f, indent=2)

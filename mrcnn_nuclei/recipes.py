@@ -23,7 +23,8 @@ import numpy as np
 from .config import NucleusConfig, inference_config
 
 __all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
-           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader"]
+           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader",
+           "holdout_ids", "read_image_groups", "copy_weights"]
 
 
 class DSBScratchConfig(NucleusConfig):
@@ -71,6 +72,51 @@ def config_with(base, **overrides):
     return type(base.__name__, (base,), dict(overrides))()
 
 
+def read_image_groups(path):
+    """``{image_id: group}`` from an ``image_groups.tsv`` (header ``image_id  group  ...``, tab
+    separated; DSB2018's size/colour groups such as ``256x256_gray``)."""
+    groups = {}
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:2] != ["image_id", "group"]:
+            raise ValueError(f"{path}: expected a header 'image_id<TAB>group...', got {header}")
+        for line in f:
+            cells = line.rstrip("\n").split("\t")
+            if len(cells) >= 2 and cells[0]:
+                groups[cells[0]] = cells[1]
+    return groups
+
+
+def holdout_ids(ids, n, groups=None, seed=0):
+    """Split ``ids`` into ``(train, held_out)`` with ``n`` ids held out for tuning, stratified by
+    ``groups`` (``{id: group}``; ids without a group form one group ``"?"``) so the held-out set
+    has the group mix of ``ids`` (largest-remainder rounding of each group's share).
+
+    Deterministic for a ``seed`` and independent of the order of ``ids``. Both lists are sorted.
+    """
+    ids = sorted(set(ids))
+    n = int(n)
+    if not 0 < n < len(ids):
+        raise ValueError(f"holdout_ids: n must be between 1 and {len(ids) - 1}, got {n}")
+    groups = groups or {}
+    by_group = {}
+    for i in ids:
+        by_group.setdefault(groups.get(i, "?"), []).append(i)
+    names = sorted(by_group)
+    shares = np.array([len(by_group[g]) * n / len(ids) for g in names])
+    take = np.floor(shares).astype(int)
+    order = np.argsort(-(shares - take), kind="stable")
+    take[order[: n - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    held = []
+    for g, k in zip(names, take):
+        members = by_group[g]
+        held.extend(members[j] for j in rng.permutation(len(members))[:k])
+    held = sorted(held)
+    chosen = set(held)
+    return [i for i in ids if i not in chosen], held
+
+
 def inference_twin(config):
     """Inference config matching a training ``config``: one image per batch, images padded to a
     multiple of 64 at the training scale (``IMAGE_MIN_SCALE``, never below 1); the package's
@@ -104,7 +150,7 @@ def evaluate_model(model, dataset, image_ids=None, min_size=0):
     return out
 
 
-def _copy_weights(train_model, infer_model):
+def copy_weights(train_model, infer_model):
     """Copy the training model's weights into the inference model (by layer name, strict)."""
     from . import weights as W
 
@@ -257,7 +303,7 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     infer = MaskRCNN("inference", inference_twin(config), model_dir=model_dir)
 
     def evaluate(ids=val_ids):
-        _copy_weights(model, infer)
+        copy_weights(model, infer)
         return evaluate_model(infer, val_dataset, ids)
 
     curve = []

@@ -15,7 +15,8 @@ import pytest
 from mrcnn_nuclei.config import Config
 from mrcnn_nuclei.datasets import DSBDataset
 from mrcnn_nuclei.recipes import (BudgetCallback, DSBScratchConfig, config_with, format_curve,
-                                  inference_twin, train_budgeted)
+                                  holdout_ids, inference_twin, read_image_groups,
+                                  train_budgeted)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +78,30 @@ def test_budget_callback_excludes_evaluation_time_and_stops():
     assert [row["steps"] for row in cb.curve] == [30, 120]
     assert [row["eval_seconds"] for row in cb.curve] == [100.0, 100.0]
     assert "dsb" in format_curve(cb.curve).splitlines()[0]
+
+
+def test_holdout_split_is_stratified_fixed_and_disjoint(tmp_path):
+    groups = {f"a{i:02d}": "small" for i in range(30)}
+    groups.update({f"b{i:02d}": "large" for i in range(10)})
+    groups.update({f"c{i:02d}": "colour" for i in range(5)})
+    tsv = tmp_path / "image_groups.tsv"
+    tsv.write_text("image_id\tgroup\tn_masks\n"
+                   + "".join(f"{k}\t{v}\t3\n" for k, v in groups.items()))
+    assert read_image_groups(tsv) == groups
+    ids = list(groups) + ["x"]  # one id without a group
+    train, held = holdout_ids(ids, 9, read_image_groups(tsv))
+    assert len(held) == 9 and sorted(train + held) == sorted(ids) and not set(train) & set(held)
+    # shares 30:10:5:1 of 46 -> 5.87, 1.96, 0.98, 0.20 -> 5, 1, 0, 0 plus 3 largest remainders
+    counts = {g: sum(groups.get(i, "?") == g for i in held) for g in ("small", "large", "colour")}
+    assert counts == {"small": 6, "large": 2, "colour": 1}, counts
+    assert holdout_ids(list(reversed(ids)), 9, groups) == (train, held)  # order-independent
+    assert holdout_ids(ids, 9, groups, seed=1)[1] != held
+    with pytest.raises(ValueError, match="between 1 and"):
+        holdout_ids(ids, len(ids), groups)
+    with open(tsv, "w") as f:
+        f.write("id,group\n")
+    with pytest.raises(ValueError, match="header"):
+        read_image_groups(tsv)
 
 
 @pytest.mark.slow
