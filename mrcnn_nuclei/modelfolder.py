@@ -28,7 +28,7 @@ import numpy as np
 from .weights.beside import CONFIG_NAME, find_config_beside
 
 __all__ = ["PostProcess", "save_model", "load_model", "detect", "inference_config_for",
-           "WEIGHTS_NAME", "POSTPROCESS_NAME", "CONFIG_NAME"]
+           "update_postprocess", "WEIGHTS_NAME", "POSTPROCESS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "weights.weights.h5"
 POSTPROCESS_NAME = "postprocess.json"
@@ -165,6 +165,32 @@ def save_model(model, folder, postprocess=None):
     atomic_write_text(os.path.join(folder, POSTPROCESS_NAME),
                       json.dumps(settings.to_dict(), indent=2))
     return folder
+
+
+def update_postprocess(folder, **changes):
+    """Change some post-processing settings of a model folder (e.g. ``mask_threshold=0.45,
+    score_threshold=0.7``): ``postprocess.json`` is read (defaults when absent), the
+    ``changes`` applied and checked (:class:`PostProcess`) and the file replaced atomically.
+    Returns the new :class:`PostProcess`. The weights and config are not touched."""
+    from .fileio import atomic_write_text
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"update_postprocess: {folder} is not a model folder (pass the "
+                                "folder written by save_model, not a file)")
+    _weights_in(folder)  # FileNotFoundError without weights.weights.h5
+    path = os.path.join(folder, POSTPROCESS_NAME)
+    current = PostProcess()
+    if os.path.exists(path):
+        with open(path) as f:
+            current = PostProcess.from_dict(json.load(f), path)
+    unknown = sorted(set(changes) - set(current.to_dict()))
+    if unknown:
+        raise ValueError(f"update_postprocess: unknown setting(s) {unknown}; known: "
+                         f"{sorted(current.to_dict())}")
+    new = dataclasses.replace(current, **changes)
+    atomic_write_text(path, json.dumps(new.to_dict(), indent=2))
+    return new
 
 
 def _settings(value):

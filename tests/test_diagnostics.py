@@ -1,0 +1,223 @@
+"""Failure analysis (mrcnn_nuclei.diagnostics), the detection cache and the post-processing sweep
+(mrcnn_nuclei.detection_cache), and the two benchmark scripts on a tiny seeded model."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrcnn_nuclei import diagnostics as D
+from mrcnn_nuclei import detection_cache as C
+from mrcnn_nuclei.metrics import DSB_THRESHOLDS, dsb_score, masks_to_label
+from mrcnn_nuclei.modelfolder import PostProcess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _box(label, value, y1, y2, x1, x2):
+    label[y1:y2, x1:x2] = value
+
+
+def _hand_case():
+    """gt: a touching pair A|B (merged by one prediction), C (split in two), a small missed D,
+    E (400 px, predicted 2 px to the right), F (perfect)."""
+    gt = np.zeros((64, 64), np.int32)
+    pred = np.zeros((64, 64), np.int32)
+    _box(gt, 1, 5, 15, 5, 15)      # A 100 px
+    _box(gt, 2, 5, 15, 15, 25)     # B 100 px
+    _box(gt, 3, 30, 40, 5, 25)     # C 200 px
+    _box(gt, 4, 50, 55, 50, 56)    # D 30 px
+    _box(gt, 5, 30, 50, 40, 60)    # E 400 px
+    _box(gt, 6, 50, 60, 5, 15)     # F 100 px
+    _box(pred, 1, 5, 15, 5, 25)    # over A and B
+    _box(pred, 2, 30, 40, 5, 15)   # left half of C
+    _box(pred, 3, 30, 40, 15, 25)  # right half of C
+    _box(pred, 4, 30, 50, 42, 62)  # E shifted by 2 columns: IoU 360/440
+    _box(pred, 5, 50, 60, 5, 15)   # F exactly
+    return gt, pred
+
+
+def _brute_boundary_mean(gt, pred):
+    """Mean of the distances from each boundary pixel of the matched pairs to the nearest
+    boundary pixel of the other image (all pairs here are matched), by explicit point sets."""
+    def edge_points(label):
+        pts = []
+        h, w = label.shape
+        for y in range(h):
+            for x in range(w):
+                v = label[y, x]
+                if v == 0:
+                    continue
+                for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    yy, xx = min(max(y + dy, 0), h - 1), min(max(x + dx, 0), w - 1)
+                    if label[yy, xx] != v:
+                        pts.append((y, x))
+                        break
+        return np.array(pts, float)
+
+    a, b = edge_points(gt), edge_points(pred)
+    d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    return (d.min(1).sum() + d.min(0).sum()) / (len(a) + len(b))
+
+
+def test_hand_made_counts():
+    gt, pred = _hand_case()
+    r = D.diagnose_image(gt, pred, scores=np.array([0.95, 0.6, 0.55, 0.8, 0.99]))
+    n_loose = int((DSB_THRESHOLDS < 360 / 440).sum())  # thresholds E still passes: 0.5..0.8
+    assert n_loose == 7
+    want_tp = np.array([2] * 7 + [1] * 3)
+    np.testing.assert_array_equal(r["tp"], want_tp)
+    np.testing.assert_array_equal(r["fp"], 5 - want_tp)
+    np.testing.assert_array_equal(r["fn"], 6 - want_tp)
+    assert r["dsb"] == pytest.approx((7 * 2 / 9 + 3 * 1 / 10) / 10)
+    assert r["dsb"] == pytest.approx(dsb_score(gt, pred))
+    assert (r["merges"], r["gt_in_merges"], r["splits"], r["pred_in_splits"]) == (1, 2, 1, 2)
+    # sizes: D 30 (<50); A, B, F 100 (50-150); C 200 (150-400); E 400 (>=400)
+    np.testing.assert_array_equal(r["size_n"], [1, 3, 1, 1])
+    np.testing.assert_array_equal(r["size_missed"], [1, 2, 1, 0])   # D; A, B; C
+    # matched pairs E and F: 40 of 500 GT pixels left out, 40 of 500 predicted outside
+    assert (r["matched"], r["gt_px"], r["pred_px"], r["inter_px"]) == (2, 500, 500, 460)
+    assert r["iou_sum"] == pytest.approx(1.0 + 360 / 440)
+    # score lost: the two splits add up to 1 - DSB_t; at 0.85 one of two pairs is lost by its mask
+    np.testing.assert_allclose(r["loss_fp"] + r["loss_fn"], 1 - r["dsb_t"])
+    np.testing.assert_allclose(r["loss_det_fp"] + r["loss_det_fn"] + r["loss_loc"],
+                               1 - r["dsb_t"])
+    i85 = int(np.flatnonzero(np.isclose(DSB_THRESHOLDS, 0.85))[0])
+    assert (r["loss_det_fp"][i85], r["loss_det_fn"][i85], r["loss_loc"][i85]) == \
+        pytest.approx((3 / 10, 4 / 10, 2 / 10))
+    # scores of matched (0.8 E, 0.99 F) and unmatched (0.95, 0.6, 0.55) predictions
+    np.testing.assert_array_equal(r["score_tp"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(r["score_fp"], [0, 2, 0, 1])
+
+
+def test_boundary_distance_against_point_sets():
+    gt = np.zeros((40, 40), np.int32)
+    pred = np.zeros((40, 40), np.int32)
+    _box(gt, 1, 5, 25, 5, 25)
+    _box(pred, 7, 6, 25, 7, 27)           # shifted and cut
+    r = D.diagnose_image(gt, pred, boundary_distance=True)
+    assert r["matched"] == 1
+    assert r["bd_sum"] / r["bd_count"] == pytest.approx(_brute_boundary_mean(gt, pred))
+    assert D.diagnose_image(gt, gt)["bd_sum"] == 0.0
+
+
+def _random_labels(rng, h=48, w=48, n=8):
+    lab = np.zeros((h, w), np.int32)
+    for k in range(1, n + 1):
+        y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        dy, dx = rng.integers(3, 12, 2)
+        lab[y:y + dy, x:x + dx] = k
+    return lab
+
+
+def test_dsb_and_summary_equal_the_package_score():
+    rng = np.random.default_rng(3)
+    records, gts, preds = [], [], []
+    groups = ["256x256_gray", "256x320_color", "1024x1024_gray", "520x696_gray", None]
+    for i in range(10):
+        gt = _random_labels(rng)
+        pred = np.where(rng.random(gt.shape) < 0.9, np.roll(gt, rng.integers(-2, 3), 1), 0)
+        if i == 3:
+            pred[:] = 0                                  # nothing predicted
+        if i == 4:
+            gt[:] = 0
+            pred[:] = 0                                  # both empty: 1.0
+        r = D.diagnose_image(gt, pred)
+        assert r["dsb"] == pytest.approx(dsb_score(gt, pred), abs=1e-12)
+        r.update(image_id=f"im{i}", group=groups[i % 5])
+        records.append(r)
+        gts.append(gt)
+        preds.append(pred)
+    s = D.summarize(records)
+    want = np.mean([dsb_score(g, p) for g, p in zip(gts, preds)])
+    assert s["all"]["dsb"] == pytest.approx(want)
+    # the subsets' shares of the loss add up to 1 - DSB, by type and by group
+    for key in ("by_type", "by_group"):
+        assert sum(a["share_of_loss"] for a in s[key].values()) == pytest.approx(1 - want)
+    assert set(s["by_type"]) == {"small_fluorescence", "he_colour", "brightfield",
+                                 "large_fluorescence", "other"}
+    assert s["by_type"]["brightfield"]["n_images"] == 2
+    text = D.format_report(s)
+    assert "By image type" in text and "brightfield" in text
+    json.dumps(D.to_jsonable(s))                          # JSON-able (NaN -> null)
+
+
+def test_stack_input_uses_the_overlap_rule():
+    rng = np.random.default_rng(0)
+    gt = _random_labels(rng)
+    stack = np.stack([gt == k for k in range(1, 9)], -1)
+    stack[..., 0] |= np.roll(stack[..., 1], 2, 0)       # overlapping masks
+    scores = rng.random(8)
+    r = D.diagnose_image(gt, stack, scores)
+    assert r["dsb"] == pytest.approx(dsb_score(gt, masks_to_label(stack, scores)))
+
+
+def test_group_mapping_covers_the_dsb_groups(dsb_root):
+    groups = D.read_groups(dsb_root / "image_groups.tsv")
+    assert set(groups.values()) <= set(D.GROUP_TYPES)
+    assert {D.image_type(g) for g in groups.values()} == set(D.IMAGE_TYPES)
+
+
+# ------------------------------------------------------------------------------- the sweep
+def _fake_result(rng, h=40, w=44, n=7):
+    """A detect_soft-like dict: blob soft masks inside boxes, tied scores, and detect's own
+    masks differing from soft >= 0.5 at a few pixels (as float64 vs float32 resizes can)."""
+    soft = np.zeros((h, w, n), np.float32)
+    rois = np.zeros((n, 4), np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(n):
+        cy, cx = rng.integers(6, h - 6), rng.integers(6, w - 6)
+        r = rng.uniform(3, 9)
+        y1, x1, y2, x2 = max(cy - 10, 0), max(cx - 10, 0), min(cy + 10, h), min(cx + 10, w)
+        blob = np.clip(1.2 - np.hypot(yy - cy, xx - cx) / r, 0, 1).astype(np.float32)
+        blob[:y1] = 0
+        blob[y2:] = 0
+        blob[:, :x1] = 0
+        blob[:, x2:] = 0
+        soft[..., k] = blob
+        rois[k] = (y1, x1, y2, x2)
+    scores = np.sort(rng.choice([0.4, 0.55, 0.7, 0.9], n))[::-1].astype(np.float32)
+    hard = soft >= 0.5
+    near = np.argwhere((soft > 0.45) & (soft < 0.55))
+    for y, x, k in near[::3]:
+        hard[y, x, k] = ~hard[y, x, k]
+    return {"rois": rois, "scores": scores, "class_ids": np.ones(n, np.int32), "masks": hard,
+            "soft_masks": soft}
+
+
+@pytest.mark.parametrize("overlap", ["score", "area"])
+def test_sweep_labels_equal_postprocess_apply(overlap):
+    rng = np.random.default_rng(1)
+    r = _fake_result(rng)
+    gt = masks_to_label(r["soft_masks"] > 0.6)
+    entry = C.cache_entry(r, gt, "x", "256x256_gray")
+    np.testing.assert_array_equal(C.cached_soft_masks(entry), r["soft_masks"])
+    np.testing.assert_array_equal(C.cached_detection(entry, 0.5)["masks"], r["masks"])
+    settings = list(C.sweep_image(entry, (0.3, 0.5, 0.62), (0.0, 0.55, 0.9), (0, 30), overlap))
+    assert len(settings) == 18
+    for (t, s, m), label, sc in settings:
+        pp = PostProcess(mask_threshold=t, score_threshold=s, min_size=m, overlap=overlap)
+        det = dict(r, masks=r["masks"] if t == 0.5 else r["soft_masks"] >= t)
+        masks, scores, _ = pp.apply(det, gt.shape)
+        np.testing.assert_array_equal(label, masks_to_label(masks), err_msg=str((t, s, m)))
+        np.testing.assert_array_equal(sc, scores.astype(np.float32))
+
+
+def test_cache_files_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    r = _fake_result(rng)
+    gt = masks_to_label(r["soft_masks"] > 0.6)
+    path = C.save_cached(str(tmp_path / "a.npz"), C.cache_entry(r, gt, "a", "", {"X": 1}))
+    e = C.load_cached(path)
+    assert (e["image_id"], e["group"], e["config"]) == ("a", "", {"X": 1})
+    np.testing.assert_array_equal(e["gt"], gt)
+    res = C.sweep([e], (0.5,), (0.0,), (0,), ap=True)
+    pp_masks, pp_scores, _ = PostProcess().apply(r, gt.shape)
+    want = dsb_score(gt, masks_to_label(pp_masks))
+    assert res["rows"][0]["dsb"] == pytest.approx(want)
+    assert C.best_setting(res["rows"])["dsb"] == pytest.approx(want)
+    with pytest.raises(FileNotFoundError, match="not cached"):
+        C.load_cache(str(tmp_path), ["b"])
