@@ -15,9 +15,16 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
 * ``PREPROC_CONV``: add a 1x1 convolution named ``PREPROC`` that projects ``IMAGE_CHANNEL_COUNT``
   channels to 3 before ``conv1`` (Mask R-CNN+: RGB + hematoxylin + distance map).
 * ``LEARNING_RATE_WARMUP_STEPS``: linear warm-up of the learning rate over that many steps.
-* ``LEARNING_RATE_DECAY``: ``"none"`` (constant, Matterport) or ``"cosine"``: the rate falls along a
+* ``LEARNING_RATE_DECAY``: ``"none"`` (constant, Matterport), ``"cosine"``: the rate falls along a
   half cosine from ``LEARNING_RATE`` to ``LEARNING_RATE * LEARNING_RATE_DECAY_FLOOR`` over each
-  ``MaskRCNN.train`` call (or over a time budget, :func:`mrcnn_nuclei.recipes.train_budgeted`).
+  ``MaskRCNN.train`` call (or over a time budget, :func:`mrcnn_nuclei.recipes.train_budgeted`), or
+  ``"step"``: constant, then ``LEARNING_RATE * LEARNING_RATE_DECAY_FLOOR`` from the fraction
+  ``LEARNING_RATE_DROP_AT`` of the call (or budget) on.
+* ``WEIGHTS_EMA``: momentum of an exponential moving average of the trainable weights kept by the
+  optimizer (Keras ``use_ema``; e.g. 0.99 averages over about the last 100 steps); 0 = off. The
+  average replaces the weights when a ``train`` call ends (and is what
+  :func:`mrcnn_nuclei.recipes.train_budgeted` evaluates); per-epoch checkpoints hold the raw
+  weights, and a resumed run starts a new average.
 * ``GT_OVERFLOW``: what the loader does with more than ``MAX_GT_INSTANCES`` nuclei in one image:
   ``"largest"`` keeps the largest ones (default), ``"random"`` keeps a random subset (Matterport).
 * ``DETECT_MEMORY_LIMIT_GB``: memory bound of one ``detect()`` image (GB, ``"auto"`` = half the
@@ -137,6 +144,8 @@ class Config:
     LEARNING_RATE_WARMUP_STEPS = 0
     LEARNING_RATE_DECAY = "none"
     LEARNING_RATE_DECAY_FLOOR = 0.01
+    LEARNING_RATE_DROP_AT = 0.8
+    WEIGHTS_EMA = 0.0
     GT_OVERFLOW = "largest"
     SEED = None
     DETECT_MEMORY_LIMIT_GB = "auto"
@@ -236,8 +245,12 @@ class Config:
                  "or 'project' (edge-clamped, no dark border when upscaling)")
         if self.LEARNING_RATE <= 0:
             fail("LEARNING_RATE", "must be positive")
-        if self.LEARNING_RATE_DECAY not in ("none", "cosine"):
-            fail("LEARNING_RATE_DECAY", "must be 'none' (constant) or 'cosine'")
+        if self.LEARNING_RATE_DECAY not in ("none", "cosine", "step"):
+            fail("LEARNING_RATE_DECAY", "must be 'none' (constant), 'cosine' or 'step'")
+        if not 0.0 <= self.LEARNING_RATE_DROP_AT <= 1.0:
+            fail("LEARNING_RATE_DROP_AT", "must be a fraction of the run between 0 and 1")
+        if not 0.0 <= self.WEIGHTS_EMA < 1.0:
+            fail("WEIGHTS_EMA", "must be 0 (off) or a momentum in (0, 1), e.g. 0.99")
         if not 0.0 <= self.LEARNING_RATE_DECAY_FLOOR <= 1.0:
             fail("LEARNING_RATE_DECAY_FLOOR", "must be a fraction between 0 and 1")
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:

@@ -151,10 +151,12 @@ def evaluate_model(model, dataset, image_ids=None, min_size=0):
 
 
 def copy_weights(train_model, infer_model):
-    """Copy the training model's weights into the inference model (by layer name, strict)."""
+    """Copy the training model's weights into the inference model (by layer name, strict); with
+    ``WEIGHTS_EMA`` the optimizer's moving average is copied (the raw weights stay in training)."""
     from . import weights as W
+    from .training import averaged_weights
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, averaged_weights(train_model.keras_model):
         path = W.save_weights(train_model.keras_model, os.path.join(tmp, "w.weights.h5"))
         W.load_weights(infer_model.keras_model, path, by_name=True)
 
@@ -295,7 +297,8 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     final_val_ids: also score these ids after training (the last curve entry gets
     ``final`` = that evaluation dict); e.g. a small ``val_ids`` for the curve and all ids at the
     end. The training loader caches decoded images and masks (thread workers only)."""
-    from .model import LearningRateDecay, MaskRCNN
+    from .model import MaskRCNN
+    from .training import decay_callback
 
     if config.SEED is not None:
         keras.utils.set_random_seed(int(config.SEED))
@@ -316,9 +319,8 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
             print(format_curve([row]), flush=True)
     budget = BudgetCallback(minutes, eval_at, evaluate, max_steps=max_steps, verbose=verbose)
     callbacks = [budget, KeepLastCheckpoint(model)]
-    if config.LEARNING_RATE_DECAY == "cosine":  # over the budget, not over the 100000 epochs
-        callbacks.append(LearningRateDecay(config.LEARNING_RATE_DECAY_FLOOR,
-                                           progress=budget.fraction))
+    if config.LEARNING_RATE_DECAY != "none":  # over the budget, not over the 100000 epochs
+        callbacks.append(decay_callback(config, progress=budget.fraction))
     model.train(train_dataset, None, config.LEARNING_RATE, epochs=100000, layers="all",
                 augmentation=augmentation, custom_callbacks=callbacks,
                 workers=workers, loader=cached_loader,

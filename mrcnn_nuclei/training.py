@@ -29,6 +29,7 @@ from .layers import losses as L
 from .layers.backbone import FrozenBatchNorm
 
 __all__ = ["LAYER_REGEX", "layer_regex", "set_trainable", "WarmUp", "cosine_factor",
+           "step_factor", "decay_callback", "averaged_weights",
            "LearningRateDecay", "add_lr_decay", "mask_slots", "mask_rcnn_losses",
            "MaskRCNNTrainingModel", "make_optimizer", "compile_training_model",
            "AtomicCheckpoint", "progress_logger", "make_training_loader"]
@@ -103,20 +104,31 @@ def cosine_factor(progress, floor):
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def step_factor(progress, floor, drop_at):
+    """Step multiplier: 1 before the fraction ``drop_at`` of the run, ``floor`` from it on."""
+    return 1.0 if float(progress) < float(drop_at) else float(floor)
+
+
 class LearningRateDecay(keras.callbacks.Callback):
-    """Sets ``schedule.scale`` (a :class:`WarmUp`) to :func:`cosine_factor` of the run's progress
+    """Sets ``schedule.scale`` (a :class:`WarmUp`) to :func:`cosine_factor` (``kind="cosine"``)
+    or :func:`step_factor` (``kind="step"``, the drop at ``drop_at``) of the run's progress
     before every batch.
 
     progress: callable ``() -> fraction done``; default: batches seen / ``total_steps``.
-    ``MaskRCNN.train`` adds one (steps of that call) when ``LEARNING_RATE_DECAY == "cosine"``
-    unless ``custom_callbacks`` holds one already (e.g. a time-budget one); it also fills in
-    ``schedule`` when it is None (:func:`add_lr_decay`).
+    ``MaskRCNN.train`` adds one (steps of that call) when ``LEARNING_RATE_DECAY`` is not
+    ``"none"`` unless ``custom_callbacks`` holds one already (e.g. a time-budget one); it also
+    fills in ``schedule`` when it is None (:func:`add_lr_decay`).
     """
 
-    def __init__(self, floor=0.01, total_steps=None, progress=None, schedule=None):
+    def __init__(self, floor=0.01, total_steps=None, progress=None, schedule=None,
+                 kind="cosine", drop_at=0.8):
         super().__init__()
         if progress is None and not total_steps:
             raise ValueError("LearningRateDecay needs total_steps or a progress callable")
+        if kind not in ("cosine", "step"):
+            raise ValueError(f"LearningRateDecay: kind must be 'cosine' or 'step', got {kind!r}")
+        self.kind = kind
+        self.drop_at = float(drop_at)
         self.floor = float(floor)
         self.total_steps = total_steps
         self.progress = progress
@@ -125,40 +137,72 @@ class LearningRateDecay(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         done = self.progress() if self.progress is not None else self.steps / self.total_steps
-        self.schedule.scale.assign(cosine_factor(done, self.floor))
+        factor = (cosine_factor(done, self.floor) if self.kind == "cosine"
+                  else step_factor(done, self.floor, self.drop_at))
+        self.schedule.scale.assign(factor)
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
 
 
 def add_lr_decay(callbacks, config, total_steps, schedule):
-    """``callbacks`` with the cosine decay of ``config.LEARNING_RATE_DECAY == "cosine"``: a
+    """``callbacks`` with the decay of ``config.LEARNING_RATE_DECAY`` ("cosine" or "step"): a
     :class:`LearningRateDecay` over ``total_steps`` is put first (later callbacks see this step's
     rate) unless the list holds one already; every one without a schedule gets ``schedule``.
-    Other settings: ``callbacks`` unchanged."""
+    ``"none"``: ``callbacks`` unchanged."""
     callbacks = list(callbacks)
-    if config.LEARNING_RATE_DECAY != "cosine":
+    if config.LEARNING_RATE_DECAY == "none":
         return callbacks
     decays = [cb for cb in callbacks if isinstance(cb, LearningRateDecay)]
     if not decays:
-        decays = [LearningRateDecay(config.LEARNING_RATE_DECAY_FLOOR, total_steps=total_steps)]
+        decays = [decay_callback(config, total_steps=total_steps)]
         callbacks = decays + callbacks
     for cb in decays:
         cb.schedule = cb.schedule or schedule
     return callbacks
 
 
+@contextlib.contextmanager
+def averaged_weights(keras_model):
+    """Within the block, ``keras_model``'s trainable weights hold the optimizer's moving average
+    (``WEIGHTS_EMA``); the raw weights are back afterwards. No average kept: nothing changes."""
+    opt = getattr(keras_model, "optimizer", None)
+    averages = getattr(opt, "_model_variables_moving_average", None) if opt is not None else None
+    if not getattr(opt, "use_ema", False) or not averages:
+        yield keras_model
+        return
+    variables = keras_model.trainable_variables
+    raw = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in variables]
+    try:
+        for v, avg in zip(variables, averages):
+            if avg is not None:
+                v.assign(avg)
+        yield keras_model
+    finally:
+        for v, value in zip(variables, raw):
+            v.assign(value)
+
+
+def decay_callback(config, total_steps=None, progress=None):
+    """The :class:`LearningRateDecay` of ``config`` (kind, floor and drop point)."""
+    return LearningRateDecay(config.LEARNING_RATE_DECAY_FLOOR, total_steps=total_steps,
+                             progress=progress, kind=config.LEARNING_RATE_DECAY,
+                             drop_at=config.LEARNING_RATE_DROP_AT)
+
+
 def make_optimizer(config, learning_rate, momentum):
     """``(optimizer, schedule)``: SGD(momentum, decoupled ``WEIGHT_DECAY`` except on norm scales,
-    shifts and biases, ``GRADIENT_CLIP_NORM``); the rate is a :class:`WarmUp` schedule (returned,
-    else None) when ``LEARNING_RATE_WARMUP_STEPS`` or a ``LEARNING_RATE_DECAY`` is set."""
+    shifts and biases, ``GRADIENT_CLIP_NORM``, a ``WEIGHTS_EMA`` average); the rate is a
+    :class:`WarmUp` schedule (returned, else None) when ``LEARNING_RATE_WARMUP_STEPS`` or a ``LEARNING_RATE_DECAY`` is set."""
     c = config
     lr, schedule = learning_rate, None
     if c.LEARNING_RATE_WARMUP_STEPS or c.LEARNING_RATE_DECAY != "none":
         lr = schedule = WarmUp(learning_rate, c.LEARNING_RATE_WARMUP_STEPS)
     opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum,
                                weight_decay=c.WEIGHT_DECAY or None,
-                               clipnorm=c.GRADIENT_CLIP_NORM)
+                               clipnorm=c.GRADIENT_CLIP_NORM,
+                               use_ema=bool(c.WEIGHTS_EMA),
+                               ema_momentum=float(c.WEIGHTS_EMA) or 0.99)
     opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return opt, schedule
 
