@@ -40,7 +40,7 @@ import numpy as np
 
 from .metrics import coco_mask_ap, evaluate_all, masks_to_label
 
-__all__ = ["cache_detections", "cache_entry", "save_cached", "load_cached", "load_cache",
+__all__ = ["cache_detections", "ensure_cache", "model_key", "cache_entry", "save_cached", "load_cached", "load_cache",
            "cached_soft_masks", "cached_detection", "sweep_image", "sweep", "best_setting",
            "format_sweep", "MASK_THRESHOLDS", "SCORE_THRESHOLDS", "MIN_SIZES", "SWEEP_METRICS"]
 
@@ -131,14 +131,56 @@ def _config_summary(model):
     return json.loads(json.dumps(out, default=str))
 
 
-def cache_detections(model, dataset, folder, image_ids=None, overwrite=False, progress=False):
+def model_key(model_folder, **config_overrides):
+    """What identifies the detections of a model folder: its weights file (absolute path, size,
+    modification time), a hash of its config.json and the config overrides."""
+    import hashlib
+
+    from .modelfolder import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = os.path.abspath(os.fspath(model_folder))
+    weights = os.path.join(folder, WEIGHTS_NAME)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"{folder} is not a model folder: no {WEIGHTS_NAME} in it")
+    st = os.stat(weights)
+    config = os.path.join(folder, CONFIG_NAME)
+    digest = None
+    if os.path.exists(config):
+        with open(config, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return {"weights": weights, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "config_sha256": digest,
+            "overrides": json.loads(json.dumps(config_overrides, default=str))}
+
+
+def _read_manifest(folder):
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _check_key(folder, key, manifest):
+    old = manifest.get("key")
+    if key is not None and old is not None and old != key:
+        raise ValueError(f"{folder} holds detections of another model or settings ({old}) than "
+                         f"{key}: use another cache folder or overwrite it (overwrite=True, "
+                         "--recache)")
+
+
+def cache_detections(model, dataset, folder, image_ids=None, overwrite=False, progress=False,
+                     key=None):
     """Run ``model.detect_soft`` on each image and write ``folder/<image id>.npz``.
 
     model: a MaskRCNN in inference mode (or anything with ``detect_soft``). dataset: a prepared
     Dataset with masks (the ground truth is cached too). image_ids: internal ids (default all).
-    overwrite: False skips images already cached (a stopped run resumes). Returns the list of
-    paths (one per id, in order) and writes ``folder/manifest.json`` (config, timings, and the
-    ids whose detections filled DETECTION_MAX_INSTANCES).
+    overwrite: False skips images already cached (a stopped run resumes). key: what identifies
+    the model (:func:`model_key`); a folder cached under another key raises ValueError unless
+    ``overwrite``. Returns the list of paths (one per id, in order) and writes
+    ``folder/manifest.json`` (key, detection config, timings, and the ids whose detections
+    filled DETECTION_MAX_INSTANCES: there a lower DETECTION_MIN_CONFIDENCE may have pushed out
+    detections).
     """
     from .evaluation import safe_name
     from .fileio import atomic_write_text
@@ -147,6 +189,8 @@ def cache_detections(model, dataset, folder, image_ids=None, overwrite=False, pr
         raise TypeError(f"cache_detections needs a model with detect_soft (soft masks); "
                         f"{type(model).__name__} has none")
     os.makedirs(folder, exist_ok=True)
+    old = {} if overwrite else _read_manifest(folder)
+    _check_key(folder, key, old)
     ids = list(dataset.image_ids if image_ids is None else image_ids)
     config = _config_summary(model)
     cap = config.get("DETECTION_MAX_INSTANCES")
@@ -171,18 +215,38 @@ def cache_detections(model, dataset, folder, image_ids=None, overwrite=False, pr
             full.append(name)
         gt = masks_to_label(dataset.load_mask(image_id)[0])
         save_cached(path, cache_entry(r, gt, name, info.get("group") or "", config))
-    manifest = os.path.join(folder, "manifest.json")
-    old = {}
-    if os.path.exists(manifest) and not overwrite:
-        with open(manifest) as f:
-            old = json.load(f)
-    old_seconds = old.get("detect_seconds", {})
-    old_seconds.update(seconds)
-    atomic_write_text(manifest, json.dumps({
-        "config": config, "detect_seconds": old_seconds,
+    detect_seconds = dict(old.get("detect_seconds", {}), **seconds)
+    atomic_write_text(os.path.join(folder, "manifest.json"), json.dumps({
+        "key": key if key is not None else old.get("key"), "config": config,
+        "detect_seconds": detect_seconds,
         "filled_detection_max_instances": sorted(set(old.get(
             "filled_detection_max_instances", [])) | set(full))}, indent=2))
     return paths
+
+
+def ensure_cache(model_folder, dataset, folder, image_ids=None, overwrite=False, progress=False,
+                 **config_overrides):
+    """Cached detections of a model folder for ``image_ids``, running the model only for images
+    not cached yet (the model is loaded only then). config_overrides: upper-case Config
+    attributes for :func:`mrcnn_nuclei.modelfolder.load_model`, e.g. a lower
+    ``DETECTION_MIN_CONFIDENCE``. Returns ``(paths, manifest dict)``."""
+    from .evaluation import safe_name
+
+    key = model_key(model_folder, **config_overrides)
+    ids = list(dataset.image_ids if image_ids is None else image_ids)
+    if not overwrite:
+        _check_key(folder, key, _read_manifest(folder))
+    names = [str(dataset.image_info[i].get("id", i)) for i in ids]
+    todo = [i for i, n in zip(ids, names) if overwrite
+            or not os.path.exists(os.path.join(folder, safe_name(n) + ".npz"))]
+    if todo or not _read_manifest(folder):
+        from .modelfolder import load_model
+
+        model = load_model(model_folder, **config_overrides)
+        cache_detections(model, dataset, folder, todo, overwrite=overwrite, progress=progress,
+                         key=key)
+    paths = [os.path.join(folder, safe_name(n) + ".npz") for n in names]
+    return paths, _read_manifest(folder)
 
 
 def _crop_pixels(entry):

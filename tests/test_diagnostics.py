@@ -221,3 +221,80 @@ def test_cache_files_round_trip(tmp_path):
     assert C.best_setting(res["rows"])["dsb"] == pytest.approx(want)
     with pytest.raises(FileNotFoundError, match="not cached"):
         C.load_cache(str(tmp_path), ["b"])
+
+
+# ------------------------------------------------------------- the scripts on a tiny model
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _varied_detections(m):
+    """Random weights detect nothing; a class bias gives every proposal a nucleus score of
+    about 0.5-0.75 and a larger mask kernel spreads the soft masks over 0.1-1."""
+    cls = m.keras_model.get_layer("mrcnn_class_logits")
+    kernel, _ = cls.get_weights()
+    cls.set_weights([kernel, np.array([0.0, 2.0], np.float32)])
+    mask = m.keras_model.get_layer("mrcnn_mask")
+    mask.set_weights([w * 30.0 if w.ndim > 1 else w for w in mask.get_weights()])
+    return m
+
+
+def test_scripts_sweep_equals_evaluate_dataset_on_a_tiny_model(tmp_path, dsb_root):
+    """tune_postprocess caches detect_soft at DETECTION_MIN_CONFIDENCE 0 for a folder whose own
+    value is 0.6; each swept setting scores exactly what evaluate_dataset gives the folder's
+    model with that postprocess.json; --write stores the best writable one; dsb_failures then
+    reads the same cache and reports the DSB score evaluate_dataset gives."""
+    sys_path = list(__import__("sys").path)
+    from mrcnn_nuclei.datasets import DSBDataset
+    from mrcnn_nuclei.evaluation import evaluate_dataset
+    from mrcnn_nuclei.modelfolder import save_model
+    from tiny_model import tiny_inference_model
+
+    folder = str(tmp_path / "model")
+    model = _varied_detections(tiny_inference_model(tmp_path, seed=0,
+                                                    DETECTION_MIN_CONFIDENCE=0.6,
+                                                    DETECTION_MAX_INSTANCES=40))
+    save_model(model, folder)
+    groups = D.read_groups(dsb_root / "image_groups.tsv")
+    ids = sorted(i for i, g in groups.items() if g == "256x256_gray")[:2]
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    common = ["--model", folder, "--dataset", str(dsb_root), "--ids", "file",
+              "--ids-file", str(tmp_path / "ids.txt"), "--min-confidence", "0"]
+    tune = _load_script("tune_postprocess")
+    res = tune.main(common + ["--mask-thresholds", "0.4,0.5,0.65", "--score-thresholds",
+                              "0,0.6,0.7", "--min-sizes", "0,30", "--key", "aji",
+                              "--write"])
+    __import__("sys").path[:] = sys_path
+    rows = {(r["mask_threshold"], r["score_threshold"], r["min_size"]): r for r in res["rows"]}
+    assert len(rows) == 18
+    assert rows[(0.5, 0.0, 0)]["n_pred"] > rows[(0.5, 0.6, 0)]["n_pred"] > 0  # the cut matters
+    ds = DSBDataset().load(str(dsb_root), ids=ids)
+    ds.prepare()
+    for key in [(0.4, 0.6, 0), (0.5, 0.7, 30), (0.65, 0.6, 30), (0.5, 0.6, 0)]:
+        t, s, m = key
+        got = evaluate_dataset(model, ds, postprocess=PostProcess(mask_threshold=t,
+                               score_threshold=s, min_size=m), coco_backend="numpy",
+                               pannuke=False, verbose=0, check_images=False)
+        for k in ("dsb", "aji", "pq", "f1"):
+            assert rows[key][k] == pytest.approx(got["means"][k], abs=1e-12), (key, k)
+        assert rows[key]["AP"] == pytest.approx(got["coco"]["AP"], abs=1e-12)
+        assert rows[key]["n_pred"] == got["totals"]["n_pred"]
+    assert len({rows[k]["aji"] for k in rows}) > 3          # the settings do differ
+    best = res["writable"]
+    assert best["score_threshold"] >= 0.6
+    saved = json.loads((tmp_path / "model" / "postprocess.json").read_text())
+    assert (saved["mask_threshold"], saved["score_threshold"], saved["min_size"]) == \
+        (best["mask_threshold"], best["score_threshold"], best["min_size"])
+    # dsb_failures: same cache (no second detection), the folder's new settings
+    failures = _load_script("dsb_failures")
+    summary = failures.main(common + ["--out", str(tmp_path / "out")])
+    __import__("sys").path[:] = sys_path
+    assert summary["all"]["dsb"] == pytest.approx(best["dsb"], abs=1e-12)
+    assert summary["all"]["n_pred"] == best["n_pred"]
+    assert summary["all"]["n_gt"] == got["totals"]["n_gt"]
+    report = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert report["summary"]["all"]["n_images"] == 2
+    assert (tmp_path / "out" / "failures.txt").read_text().count("By image type") == 1
