@@ -138,7 +138,7 @@ def diagnose_entries(entries, settings, model_confidence=0.0):
     """Per-image records of :func:`mrcnn_nuclei.diagnostics.diagnose_image` after
     ``settings`` (a PostProcess) on cached detections; detections below ``model_confidence``
     (the model folder's DETECTION_MIN_CONFIDENCE, for caches made with a lower one) dropped."""
-    from mrcnn_nuclei.detection_cache import cached_detection
+    from mrcnn_nuclei.detection_cache import cached_detection, sweep_image
     from mrcnn_nuclei.diagnostics import diagnose_image, image_type
     from mrcnn_nuclei.metrics import masks_to_label
 
@@ -146,9 +146,14 @@ def diagnose_entries(entries, settings, model_confidence=0.0):
                                                float(model_confidence)))
     records = []
     for e in entries:
-        r = cached_detection(e, eff.mask_threshold)
-        masks, scores, _ = eff.apply(r, tuple(int(v) for v in e["shape"]))
-        rec = diagnose_image(e["gt"], masks_to_label(masks), scores)
+        if eff.fill_holes:  # the package's own path (slower: full [H, W, N] stacks)
+            r = cached_detection(e, eff.mask_threshold)
+            masks, scores, _ = eff.apply(r, tuple(int(v) for v in e["shape"]))
+            label = masks_to_label(masks)
+        else:  # the same label image painted from the cached crops (tests: equal to apply)
+            (_, label, scores), = sweep_image(e, (eff.mask_threshold,), (eff.score_threshold,),
+                                              (eff.min_size,), eff.overlap)
+        rec = diagnose_image(e["gt"], label, scores)
         rec.update(image_id=e["image_id"], group=e["group"] or None,
                    type=image_type(e["group"] or None))
         records.append(rec)

@@ -93,7 +93,7 @@ def main(argv=None):
                 f"{r['score_threshold']:g}, min_size {r['min_size']}: DSB {r['dsb']:.4f}, AJI "
                 f"{r['aji']:.4f}, PQ {r['pq']:.4f}{ap}")
 
-    text = "\n".join([
+    text = "\n".join(part for part in [
         f"model {os.path.abspath(args.model)}; ids {tag}: {len(entries)} images; cache {cache} "
         f"(DETECTION_MIN_CONFIDENCE {cache_conf:g}; the folder's {model_conf:g})",
         f"{len(result['rows'])} settings scored in {seconds:.1f} s (overlap "
@@ -103,8 +103,8 @@ def main(argv=None):
                                     if current.fill_holes else ""),
         "best:    " + line(best),
         ("writable (score_threshold >= the folder's DETECTION_MIN_CONFIDENCE): " + line(writable)
-         if writable is not best else ""),
-        f"gain over current: {best[args.key] - base[args.key]:+.4f} {args.key}"])
+         if writable is not best else None),
+        f"gain over current: {best[args.key] - base[args.key]:+.4f} {args.key}"] if part is not None)
     print(text)
     out = args.out or os.path.join(args.model, "diagnostics", tag)
     write_text(os.path.join(out, "sweep.txt"), text + "\n")

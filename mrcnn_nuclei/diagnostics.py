@@ -267,7 +267,9 @@ def to_jsonable(x):
 
 # ------------------------------------------------------------------------------------- text
 def _f(x, fmt="{:.3f}"):
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan".rjust(len(fmt.format(0.0)))
+    return fmt.format(x)
 
 
 def _threshold_table(agg):

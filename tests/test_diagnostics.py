@@ -298,3 +298,23 @@ def test_scripts_sweep_equals_evaluate_dataset_on_a_tiny_model(tmp_path, dsb_roo
     report = json.loads((tmp_path / "out" / "failures.json").read_text())
     assert report["summary"]["all"]["n_images"] == 2
     assert (tmp_path / "out" / "failures.txt").read_text().count("By image type") == 1
+
+
+def test_update_postprocess_changes_only_the_given_settings(tmp_path):
+    from mrcnn_nuclei.modelfolder import update_postprocess
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="weights.weights.h5"):
+        update_postprocess(folder, mask_threshold=0.4)
+    (folder / "weights.weights.h5").write_bytes(b"")
+    (folder / "postprocess.json").write_text(json.dumps({"min_size": 12, "overlap": "area"}))
+    new = update_postprocess(folder, mask_threshold=0.45, score_threshold=0.7)
+    saved = json.loads((folder / "postprocess.json").read_text())
+    assert saved == new.to_dict() == dict(PostProcess().to_dict(), min_size=12, overlap="area",
+                                          mask_threshold=0.45, score_threshold=0.7)
+    with pytest.raises(ValueError, match="unknown setting"):
+        update_postprocess(folder, threshold=0.3)
+    with pytest.raises(ValueError, match="mask_threshold"):
+        update_postprocess(folder, mask_threshold=1.5)
+    assert json.loads((folder / "postprocess.json").read_text()) == saved   # unchanged
