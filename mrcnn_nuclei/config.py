@@ -12,6 +12,9 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
   ``GN_GROUPS`` groups, better when training from scratch with small batches).
 * ``BACKBONE``: ``"resnet50"``, ``"resnet101"``, ``"resnet18"``, ``"resnet34"`` or a callable
   ``f(input_image, stage5=True, train_bn=..) -> [C2, C3, C4, C5]``.
+* ``MASK_HEAD_CHANNELS``: width of the mask head's four convolutions and its deconvolution
+  (256, Matterport's; its weight files need 256). On a CPU the mask head is a large part of a
+  training step, and its cost grows with the square of the width.
 * ``PREPROC_CONV``: add a 1x1 convolution named ``PREPROC`` that projects ``IMAGE_CHANNEL_COUNT``
   channels to 3 before ``conv1`` (Mask R-CNN+: RGB + hematoxylin + distance map).
 * ``LEARNING_RATE_WARMUP_STEPS``: linear warm-up of the learning rate over that many steps.
@@ -114,6 +117,7 @@ class Config:
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
     MASK_SHAPE = [28, 28]
+    MASK_HEAD_CHANNELS = 256  # mrcnn_nuclei: width of the mask head's convolutions
     MAX_GT_INSTANCES = 100
 
     RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
@@ -238,6 +242,10 @@ class Config:
             fail("NORM", "must be 'bn' (batch norm) or 'gn' (group norm)")
         if self.NORM == "gn" and self.GN_GROUPS < 1:
             fail("GN_GROUPS", "must be a positive integer")
+        if int(self.MASK_HEAD_CHANNELS) < 1 or (
+                self.NORM == "gn" and int(self.MASK_HEAD_CHANNELS) % int(self.GN_GROUPS)):
+            fail("MASK_HEAD_CHANNELS", "must be a positive integer (a multiple of GN_GROUPS "
+                 "with NORM = 'gn'); Matterport's weights need 256")
         if self.GT_OVERFLOW not in ("largest", "random"):
             fail("GT_OVERFLOW", "must be 'largest' or 'random'")
         if self.RESIZE_SEMANTICS not in ("matterport", "project"):

@@ -83,7 +83,8 @@ def _trunk(c, mode):
     return dict(input_image=input_image, input_meta=input_meta, mrcnn_maps=[p2, p3, p4, p5],
                 rpn_class_logits=rpn_class_logits, rpn_class=rpn_class, rpn_bbox=rpn_bbox,
                 rpn_rois=rpn_rois, head_args=head_args,
-                mask_head=build_fpn_mask_graph(c.NUM_CLASSES, **head_args))
+                mask_head=build_fpn_mask_graph(c.NUM_CLASSES, channels=c.MASK_HEAD_CHANNELS,
+                                               **head_args))
 
 
 def _classifier(c, t, rois):

@@ -49,6 +49,8 @@ def test_nucleus_presets_match_matterport_sample():
     ({"IMAGE_RESIZE_MODE": "stretch"}, "IMAGE_RESIZE_MODE"),
     ({"RPN_ANCHOR_SCALES": (8, 16, 32)}, "RPN_ANCHOR_SCALES"),
     ({"MASK_SHAPE": [56, 56]}, "MASK_SHAPE"),
+    ({"MASK_HEAD_CHANNELS": 0}, "MASK_HEAD_CHANNELS"),
+    ({"NORM": "gn", "GN_GROUPS": 16, "MASK_HEAD_CHANNELS": 72}, "MASK_HEAD_CHANNELS"),
     ({"NUM_CLASSES": 0}, "NUM_CLASSES"),
     ({"BACKBONE": "vgg16"}, "BACKBONE"),
     ({"NORM": "ln"}, "NORM"),

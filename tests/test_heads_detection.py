@@ -36,6 +36,18 @@ def test_head_names_and_weight_shapes():
     assert out[3].min() >= 0 and out[3].max() <= 1
 
 
+def test_mask_head_width_is_a_parameter():
+    mpooled = keras.Input((None, 14, 14, 32))
+    model = keras.Model(mpooled, build_fpn_mask_graph(2, norm="gn", gn_groups=8,
+                                                      channels=64)(mpooled))
+    want = {"mrcnn_mask_conv1": (3, 3, 32, 64), "mrcnn_mask_conv2": (3, 3, 64, 64),
+            "mrcnn_mask_deconv": (2, 2, 64, 64), "mrcnn_mask": (1, 1, 64, 2)}
+    for name, shape in want.items():
+        assert tuple(model.get_layer(name).kernel.shape) == shape, name
+    out = model.predict_on_batch(np.zeros((1, 3, 14, 14, 32), np.float32))
+    assert out.shape == (1, 3, 28, 28, 2)
+
+
 def detection_ref(rois, probs, deltas, window, max_inst, min_conf, thr):
     cls = probs.argmax(1)
     sc = probs.max(1)

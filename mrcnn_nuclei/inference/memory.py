@@ -8,8 +8,9 @@
                                  + (512 + 12 * R) * sum_k 1 / s_k**2)  RPN conv, logits/probs/
                                                                        deltas/anchors per anchor
     rois     = K_ROI * 4 * POST_NMS_ROIS_INFERENCE * (POOL_SIZE**2 * F + 2 * FC)
-    mask_head= K_ROI * 4 * DETECTION_MAX_INSTANCES * (MASK_POOL_SIZE**2 * 256 * 2
-                                                      + MASK_SHAPE**2 * (256 + NUM_CLASSES))
+    mask_head= K_ROI * 4 * DETECTION_MAX_INSTANCES * (MASK_POOL_SIZE**2 * M * 2
+                                                      + MASK_SHAPE**2 * (M + NUM_CLASSES))
+               (M = MASK_HEAD_CHANNELS)
     unmold   = H * W * DETECTION_MAX_INSTANCES * (1 + 4 * soft)   the full-size mask stack (bool,
                                                                   plus float32 soft masks)
 
@@ -99,12 +100,13 @@ def estimate_detect_memory(config, molded_shape, original_shape, soft=False, par
               + 2.0 * top * inv_sq + (512.0 + 12.0 * anchors) * inv_sq)
     dmi = float(c.DETECTION_MAX_INSTANCES)
     mask_px = float(c.MASK_SHAPE[0]) * float(c.MASK_SHAPE[1])
+    mask_ch = float(getattr(c, "MASK_HEAD_CHANNELS", 256))
     out = {
         "features": K_FEAT * 4.0 * area * per_px,
         "rois": K_ROI * 4.0 * float(c.POST_NMS_ROIS_INFERENCE)
         * (float(c.POOL_SIZE) ** 2 * top + 2.0 * float(c.FPN_CLASSIF_FC_LAYERS_SIZE)),
-        "mask_head": K_ROI * 4.0 * dmi * (float(c.MASK_POOL_SIZE) ** 2 * 256.0 * 2.0
-                                          + mask_px * (256.0 + float(c.NUM_CLASSES))),
+        "mask_head": K_ROI * 4.0 * dmi * (float(c.MASK_POOL_SIZE) ** 2 * mask_ch * 2.0
+                                          + mask_px * (mask_ch + float(c.NUM_CLASSES))),
         "unmold": float(original_shape[0]) * float(original_shape[1]) * dmi
         * (1.0 + (4.0 if soft else 0.0)),
     }

@@ -80,15 +80,19 @@ def fpn_classifier_graph(pooled, num_classes, fc_layers_size=1024, pool_size=7, 
     return logits, probs, bbox
 
 
-def build_fpn_mask_graph(num_classes, norm="bn", train_bn=False, gn_groups=32):
+def build_fpn_mask_graph(num_classes, norm="bn", train_bn=False, gn_groups=32, channels=256):
     """Return a function pooled [B, N, m, m, C] -> masks [B, N, 2m, 2m, K] (sigmoid).
+
+    channels: width of the four 3x3 convolutions and the deconvolution (Matterport: 256; its
+    weight files need 256). The head's cost grows with its square.
 
     The layers (mrcnn_mask_conv1..4, mrcnn_mask_bn1..4, mrcnn_mask_deconv, mrcnn_mask) are
     created once, so the same weights may be applied to several inputs.
     """
-    convs = [layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}") for i in range(1, 5)]
-    norms = [norm_layer(f"mrcnn_mask_bn{i}", norm, train_bn, gn_groups, 256) for i in range(1, 5)]
-    deconv = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")
+    ch = int(channels)
+    convs = [layers.Conv2D(ch, 3, padding="same", name=f"mrcnn_mask_conv{i}") for i in range(1, 5)]
+    norms = [norm_layer(f"mrcnn_mask_bn{i}", norm, train_bn, gn_groups, ch) for i in range(1, 5)]
+    deconv = layers.Conv2DTranspose(ch, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")
     out = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")
 
     def apply(pooled):
