@@ -318,3 +318,31 @@ def test_update_postprocess_changes_only_the_given_settings(tmp_path):
     with pytest.raises(ValueError, match="mask_threshold"):
         update_postprocess(folder, mask_threshold=1.5)
     assert json.loads((folder / "postprocess.json").read_text()) == saved   # unchanged
+
+
+def test_a_cache_belongs_to_one_model(tmp_path):
+    """ensure_cache refuses a folder cached for other weights (or overrides) unless overwritten,
+    and loads no model when every image is cached."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "weights.weights.h5").write_bytes(b"1")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = C.model_key(folder)
+    assert key != C.model_key(folder, DETECTION_MIN_CONFIDENCE=0.3)
+    (cache / "manifest.json").write_text(json.dumps({"key": key}))
+    rng = np.random.default_rng(0)
+    r = _fake_result(rng)
+    C.save_cached(str(cache / "a.npz"), C.cache_entry(r, masks_to_label(r["masks"]), "a"))
+
+    class OneImage:
+        image_ids = [0]
+        image_info = [{"id": "a"}]
+
+    paths, manifest = C.ensure_cache(folder, OneImage(), str(cache))   # no model needed
+    assert paths == [str(cache / "a.npz")] and manifest["key"] == key
+    with pytest.raises(ValueError, match="another model or settings"):
+        C.ensure_cache(folder, OneImage(), str(cache), DETECTION_MIN_CONFIDENCE=0.3)
+    (folder / "weights.weights.h5").write_bytes(b"22")                 # retrained weights
+    with pytest.raises(ValueError, match="another model or settings"):
+        C.ensure_cache(folder, OneImage(), str(cache))
