@@ -182,9 +182,13 @@ def main(argv=None):
     p.add_argument("--min-size", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for failures.txt / failures.json "
                                                "(default MODEL/diagnostics/<ids>)")
+    p.add_argument("--compare", default=None, metavar="FAILURES_JSON",
+                   help="an earlier failures.json (e.g. of the recipe before a change): print "
+                        "the key figures side by side")
     args = p.parse_args(argv)
 
-    from mrcnn_nuclei.diagnostics import format_report, summarize, to_jsonable
+    from mrcnn_nuclei.diagnostics import (format_comparison, format_report, summarize,
+                                          to_jsonable)
 
     names, tag = select_ids(args)
     entries, manifest, cache = cached_entries(args, names, tag)
@@ -199,6 +203,15 @@ def main(argv=None):
             f"post-processing {eff.to_dict()} (model DETECTION_MIN_CONFIDENCE {conf:g})\n")
     text = head + "\n" + format_report(summary) + "\n\nWorst images\n" + \
         "\n".join(worst_images(records)) + f"\n\n(analysis {seconds:.1f} s)\n"
+    if args.compare:
+        with open(args.compare) as f:
+            earlier = json.load(f)
+        if earlier.get("image_ids") != names:
+            print(f"warning: {args.compare} covers other images than these {len(names)}")
+        text += (f"\nCompared with {args.compare} ({earlier.get('model')}, post-processing "
+                 f"{earlier.get('post_processing')})\n"
+                 + format_comparison(earlier["summary"], to_jsonable(summary),
+                                     ("earlier", "this")) + "\n")
     print(text)
     out = args.out or os.path.join(args.model, "diagnostics", tag)
     per_image = [{k: r[k] for k in ("image_id", "group", "type", "dsb", "n_gt", "n_pred", "tp",

@@ -37,7 +37,7 @@ from .metrics import DSB_THRESHOLDS, Contingency, masks_to_label, to_label
 
 __all__ = ["SIZE_BINS", "SIZE_LABELS", "SCORE_BINS", "GROUP_TYPES", "IMAGE_TYPES",
            "image_type", "label_boundaries", "diagnose_image", "summarize", "format_report",
-           "read_groups", "to_jsonable"]
+           "read_groups", "to_jsonable", "format_comparison"]
 
 #: Ground-truth area bins (pixels, at the image's own resolution): < 50, 50-150, 150-400, >= 400.
 SIZE_BINS = (0, 50, 150, 400, math.inf)
@@ -341,4 +341,46 @@ def format_report(summary):
               "rec<50 = recall of nuclei < 50 px; bd px = mean boundary distance"]
     lines += _subset_table("By image type", summary["by_type"]) + [""]
     lines += _subset_table("By image group", summary["by_group"])
+    return "\n".join(lines)
+
+
+def _num(x):
+    """A float or float array from a summary value (JSON null -> nan)."""
+    if x is None:
+        return float("nan")
+    a = np.asarray(x, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a
+
+
+def _key_figures(agg):
+    """Named scalar figures of one aggregate (summary ``all`` or a subset)."""
+    m = lambda k: float(np.mean(_num(agg[k])))  # noqa: E731
+    size_recall = _num(agg["size_recall"])
+    out = {"DSB": _num(agg["dsb"]), "lost by FP": m("loss_fp"), "lost by FN": m("loss_fn"),
+           "lost: no detection": m("loss_det_fp"), "lost: missed": m("loss_det_fn"),
+           "lost: mask": m("loss_loc"), "GT": _num(agg["n_gt"]), "predicted": _num(agg["n_pred"]),
+           "TP@0.5": float(_num(agg["tp"])[0]), "TP@0.75": float(_num(agg["tp"])[5])}
+    for lab, r in zip(SIZE_LABELS, np.atleast_1d(size_recall)):
+        out[f"recall {lab} px"] = float(r)
+    out.update({"merges": _num(agg["merges"]), "splits": _num(agg["splits"]),
+                "matched mean IoU": _num(agg["mean_matched_iou"]),
+                "under (GT px missed)": _num(agg["under_fraction"]),
+                "over (pred px outside)": _num(agg["over_fraction"]),
+                "boundary distance px": _num(agg["boundary_distance_px"])})
+    return out
+
+
+def format_comparison(before, after, names=("before", "after")):
+    """Key figures of two :func:`summarize` results (or their JSON forms) side by side with the
+    change: all images, then the DSB score and share of loss per image type."""
+    a, b = _key_figures(before["all"]), _key_figures(after["all"])
+    lines = [f"{'':<26}{names[0][:12]:>12}{names[1][:12]:>12}{'change':>10}"]
+    for k in a:
+        x, y = a[k], b[k]
+        lines.append(f"{k:<26}{_f(x, '{:>12.4f}')}{_f(y, '{:>12.4f}')}{_f(y - x, '{:>+10.4f}')}")
+    for t in sorted(set(before["by_type"]) | set(after["by_type"])):
+        x = _num(before["by_type"].get(t, {}).get("dsb"))
+        y = _num(after["by_type"].get(t, {}).get("dsb"))
+        lines.append(f"{'DSB ' + t:<26}{_f(x, '{:>12.4f}')}{_f(y, '{:>12.4f}')}"
+                     f"{_f(y - x, '{:>+10.4f}')}")
     return "\n".join(lines)

@@ -142,7 +142,12 @@ def test_dsb_and_summary_equal_the_package_score():
     assert s["by_type"]["brightfield"]["n_images"] == 2
     text = D.format_report(s)
     assert "By image type" in text and "brightfield" in text
-    json.dumps(D.to_jsonable(s))                          # JSON-able (NaN -> null)
+    saved = json.loads(json.dumps(D.to_jsonable(s)))      # JSON-able (NaN -> null)
+    fewer = D.summarize(records[:5])
+    table = D.format_comparison(saved, fewer).splitlines()
+    dsb_line = next(line for line in table if line.startswith("DSB "))
+    want_change = fewer["all"]["dsb"] - s["all"]["dsb"]
+    assert float(dsb_line.split()[-1]) == pytest.approx(want_change, abs=1e-4)
 
 
 def test_stack_input_uses_the_overlap_rule():
