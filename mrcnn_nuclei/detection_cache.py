@@ -87,8 +87,10 @@ def save_cached(path, entry):
     """Write one cache record as a compressed ``.npz``, atomically."""
     from .fileio import atomic_write
 
+    arrays = {k: v for k, v in entry.items() if not k.startswith("_") and k != "path"}
+
     def write(f):
-        np.savez_compressed(f, **entry)
+        np.savez_compressed(f, **arrays)
 
     atomic_write(path, write)
     return path
@@ -250,17 +252,21 @@ def ensure_cache(model_folder, dataset, folder, image_ids=None, overwrite=False,
 
 
 def _crop_pixels(entry):
-    """(flat pixel index [P] int64, detection [P] int64) of the cached crops, in storage order."""
+    """(flat pixel index [P] int64, detection [P] int64) of the cached crops, in storage order
+    (memoised in the record)."""
+    if "_pixels" in entry:
+        return entry["_pixels"]
     w = int(entry["shape"][1])
-    boxes = np.asarray(entry["crop_boxes"], np.int64)
-    flats, dets = [], []
-    for k, (y1, x1, y2, x2) in enumerate(boxes):
-        yy, xx = np.mgrid[y1:y2, x1:x2]
-        flats.append((yy * w + xx).ravel())
-        dets.append(np.full((y2 - y1) * (x2 - x1), k, np.int64))
-    if not flats:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(flats), np.concatenate(dets)
+    boxes = np.asarray(entry["crop_boxes"], np.int64).reshape(-1, 4)
+    bw = boxes[:, 3] - boxes[:, 1]
+    sizes = (boxes[:, 2] - boxes[:, 0]) * bw
+    det = np.repeat(np.arange(boxes.shape[0]), sizes)
+    start = np.cumsum(sizes) - sizes
+    local = np.arange(det.size) - start[det]
+    width = np.maximum(bw, 1)[det]
+    flat = (boxes[det, 0] + local // width) * w + boxes[det, 1] + local % width
+    entry["_pixels"] = (flat, det)
+    return flat, det
 
 
 def _hard(entry):
@@ -321,10 +327,14 @@ def sweep_image(entry, mask_thresholds=MASK_THRESHOLDS, score_thresholds=SCORE_T
     n = scores.size
     flat, det = _crop_pixels(entry)
     soft = entry["soft"]
-    hard = _hard(entry)
+    if "_hard" not in entry:
+        entry["_hard"] = _hard(entry)
+    hard = entry["_hard"]
     base_order = None
     if overlap == "score":  # pixel entries by pixel, then by rank: the last of a pixel wins
-        base_order = np.lexsort((_rank(scores)[det], flat))
+        if "_score_order" not in entry:
+            entry["_score_order"] = np.lexsort((_rank(scores)[det], flat))
+        base_order = entry["_score_order"]
     for t in mask_thresholds:
         inside = hard if float(t) == 0.5 else soft >= float(t)
         for s in score_thresholds:
