@@ -63,6 +63,12 @@ def main(argv=None):
     from mrcnn_nuclei.diagnostics import to_jsonable
     from mrcnn_nuclei.modelfolder import update_postprocess
 
+    if args.ids == "val":
+        if args.write:
+            raise SystemExit("--write with --ids val: settings chosen on the val ids would be "
+                             "scored on them again; tune on held-out training ids (--ids "
+                             "holdout) and score val once")
+        print("note: sweeping the val ids (for a report only; tune on --ids holdout)")
     names, tag = select_ids(args)
     entries, manifest, cache = cached_entries(args, names, tag)
     current, model_conf = folder_settings(args.model)
