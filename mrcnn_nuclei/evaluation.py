@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+import weakref
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from .metrics.pannuke import tissue_means
 from .modelfolder import PostProcess
 
 __all__ = ["evaluate_dataset", "detect_images", "as_detect_fn", "postprocess_detection",
-           "format_table", "write_results", "safe_name", "METRICS", "COUNTS"]
+           "postprocess_label", "ground_truth", "format_table", "write_results", "safe_name",
+           "METRICS", "COUNTS"]
 
 #: Per-image metrics (keys of metrics.evaluate_all), in table order.
 METRICS = ["dsb", "aji", "aji_plus", "pq", "dq", "sq", "dice", "matched_iou", "f1", "precision",
@@ -88,7 +90,7 @@ def _checked_ids(dataset, image_ids, config):
 def evaluate_dataset(model, dataset, image_ids=None, out_dir=None, overlays=False,
                      min_size=None, fill_holes=None, score_threshold=None, postprocess=None,
                      coco_backend="pycocotools", pannuke=True, default_tissue="all",
-                     check_images=True, progress=False, verbose=1):
+                     check_images=True, progress=False, verbose=1, cache_ground_truth=True):
     """Detect, post-process and score every image. Returns the summary dict.
 
     Args:
@@ -108,6 +110,9 @@ def evaluate_dataset(model, dataset, image_ids=None, out_dir=None, overlays=Fals
         check_images: check every image and its masks first
             (:func:`mrcnn_nuclei.data.checks.check_dataset`).
         progress: a tqdm bar over the images. verbose: 0 silent, 1 table, 2 one line per image.
+        cache_ground_truth: reuse the ground-truth label images an earlier call decoded for the
+            same dataset object and image (:func:`ground_truth`; the recipe scores the same ids
+            at every curve point); False reads every mask again.
     Returns:
         dict with ``means`` (metric -> mean over images; nan images skipped), ``coco`` (AP,
         AP50, AP75), ``pannuke`` (``bpq``, ``mpq`` over ``dataset.num_classes - 1`` classes,
@@ -134,13 +139,11 @@ def evaluate_dataset(model, dataset, image_ids=None, out_dir=None, overlays=Fals
     n_classes = max(1, int(getattr(dataset, "num_classes", 2)) - 1)
     rows, gts, preds, pred_scores, coco_results = [], [], [], [], []
     t_start = time.perf_counter()
-    for k, d in enumerate(detect_images(detect, dataset, ids, settings, progress)):
-        image_id, image, masks, scores, class_ids = (d["image_id"], d["image"], d["masks"],
-                                                     d["scores"], d["class_ids"])
+    for k, d in enumerate(_detect_labels(detect, dataset, ids, settings, progress)):
+        image_id, image, pred, scores, class_ids = (d["image_id"], d["image"], d["label"],
+                                                    d["scores"], d["class_ids"])
         info = dataset.image_info[image_id]
-        gt_masks, gt_class_ids = dataset.load_mask(image_id)
-        gt = metrics.masks_to_label(gt_masks)
-        pred = metrics.masks_to_label(masks)  # id k + 1 <-> scores[k], no overlaps left
+        gt, gt_class_ids = ground_truth(dataset, image_id, cache=cache_ground_truth)
         row = {"image_id": d["name"], "index": int(image_id),
                "tissue": str(info.get("tissue") or default_tissue)}
         row.update(metrics.evaluate_all(gt, pred))
@@ -152,6 +155,7 @@ def evaluate_dataset(model, dataset, image_ids=None, out_dir=None, overlays=Fals
         preds.append(pred.astype(export.label_dtype(pred)))
         pred_scores.append(scores)
         if out_dir is not None:
+            masks = metrics.label_to_masks(pred, n_instances=len(scores))
             coco_results.extend(export.coco_results(k + 1, masks, scores, class_ids))
             _write_image(out_dir, row["image_id"], image, gt, preds[-1], overlays)
         if verbose >= 2:
@@ -187,6 +191,118 @@ def detect_images(model, dataset, image_ids, settings=None, progress=False):
         yield {"image_id": image_id, "name": safe_name(dataset.image_info[image_id].get(
             "id", image_id)), "image": image, "result": r, "masks": masks, "scores": scores,
             "class_ids": class_ids, "seconds": seconds}
+
+
+def _detect_labels(detect, dataset, image_ids, settings, progress=False):
+    """:func:`detect_images` for the scoring loop: the post-processed prediction of each image as
+    a label image (:func:`postprocess_label`) instead of an instance stack. Yields dicts
+    ``image_id``, ``name``, ``image``, ``label [H, W]`` int32 (id ``k + 1`` <-> ``scores[k]``),
+    ``scores [K]``, ``class_ids [K]`` and ``seconds`` (detect time)."""
+    for image_id in _progress(list(image_ids), progress):
+        image = dataset.load_image(image_id)
+        t0 = time.perf_counter()
+        r = detect(image)
+        seconds = time.perf_counter() - t0
+        label, scores, class_ids = postprocess_label(r, image.shape, settings)
+        yield {"image_id": image_id, "name": safe_name(dataset.image_info[image_id].get(
+            "id", image_id)), "image": image, "label": label, "scores": scores,
+            "class_ids": class_ids, "seconds": seconds}
+
+
+def postprocess_label(r, image_shape, settings=None):
+    """The post-processed prediction of one detection dict as a label image.
+
+    Equal to ``metrics.masks_to_label(settings.apply(r, image_shape)[0])`` with the kept scores
+    and class ids (:meth:`PostProcess.apply`: score threshold, overlaps resolved by the package's
+    rule, instances under ``max(min_size, 1)`` pixels dropped), but read from the detection's
+    ``masks [H, W, N]`` in one scan, without the resolved, filtered and relabelled
+    ``[H, W, N]`` copies (with ``fill_holes`` it runs :meth:`PostProcess.apply` itself).
+    settings: a :class:`PostProcess` (default: the defaults).
+    Returns ``(label [H, W] int32, scores [K] float64, class_ids [K] int64)``; label id
+    ``k + 1`` is instance ``k``, ids ``1..K`` all present.
+    """
+    from .metrics.labels import _overlap_rank, _paint_ranked
+
+    settings = settings or PostProcess()
+    if settings.fill_holes:
+        masks, scores, class_ids = settings.apply(r, image_shape)
+        return metrics.masks_to_label(masks), scores, class_ids
+    if "masks" not in r:
+        settings.apply(r, image_shape)  # raises its KeyError
+    masks = np.asarray(r["masks"])
+    if masks.ndim != 3 or masks.shape[:2] != tuple(image_shape[:2]):
+        settings.apply(r, image_shape)  # raises its ValueError
+    n = masks.shape[-1]
+    scores = np.asarray(r.get("scores", np.ones(n)), np.float64).ravel()
+    class_ids = np.asarray(r.get("class_ids", np.ones(n)), np.int64).ravel()
+    if scores.size != n or class_ids.size != n:
+        settings.apply(r, image_shape)  # raises its ValueError
+    keep = np.ones(n, bool)
+    if settings.score_threshold:
+        keep = scores >= float(settings.score_threshold)
+    m = masks if masks.dtype == bool else masks > 0
+    label = np.zeros(m.shape[:2], np.int32)
+    n_kept = int(keep.sum())
+    if n_kept:
+        # the rank among the kept channels equals their rank in the kept stack (ties: earlier
+        # channel; area = the channel's own pixel count); dropped channels get -1 (left out)
+        rank = np.where(keep, _overlap_rank(m, scores, settings.overlap), -1)
+        _paint_ranked(m, rank, label, ids=np.cumsum(keep))
+    area = np.bincount(label.ravel(), minlength=n_kept + 1)[1:]
+    big = area >= max(int(settings.min_size), 1)
+    lut = np.zeros(n_kept + 1, np.int32)
+    lut[1:][big] = np.arange(1, int(big.sum()) + 1)
+    return lut[label], scores[keep][big], class_ids[keep][big]
+
+
+_GT_CACHE = weakref.WeakKeyDictionary()
+#: Most bytes of ground-truth label images kept per dataset object (then no more are added).
+GT_CACHE_BYTES = 512 * 2 ** 20
+
+
+def _gt_signature(info):
+    """What identifies an image's ground truth: its info entry, id, and the mask files' mtimes."""
+    paths = info.get("mask_paths") or ()
+    try:
+        stamps = tuple(os.stat(p).st_mtime_ns for p in paths)
+    except OSError:
+        stamps = None
+    return id(info), str(info.get("id")), tuple(paths), stamps
+
+
+def _gt_store(dataset):
+    try:
+        return _GT_CACHE.setdefault(dataset, {"bytes": 0, "items": {}})
+    except TypeError:  # not hashable or not weakly referenceable
+        return None
+
+
+def ground_truth(dataset, image_id, cache=True):
+    """Ground truth of one image as a label image: ``(label [H, W] int32, class_ids [N])`` from
+    ``dataset.load_mask`` (id ``k + 1`` = mask ``k``; overlaps by :func:`metrics.masks_to_label`).
+
+    cache: keep the label image (in the smallest integer dtype) with the dataset object (weakly:
+    dropped with the dataset; at most ``GT_CACHE_BYTES`` per dataset) and reuse it while the
+    image's ``image_info`` entry and its mask files' modification times are unchanged, so
+    repeated evaluations of the same ids decode the masks once. Datasets that cannot be weakly
+    referenced or hashed are not cached.
+    """
+    info = dataset.image_info[image_id]
+    store = _gt_store(dataset) if cache else None
+    if store is not None:
+        sig = _gt_signature(info)
+        hit = store["items"].get(image_id)
+        if hit is not None and hit[0] == sig:
+            return hit[1].astype(np.int32), hit[2].copy()
+    gt_masks, gt_class_ids = dataset.load_mask(image_id)
+    gt = metrics.masks_to_label(gt_masks)
+    if store is not None:
+        small = gt.astype(export.label_dtype(gt))
+        if store["bytes"] + small.nbytes <= GT_CACHE_BYTES:
+            old = store["items"].get(image_id)
+            store["bytes"] += small.nbytes - (old[1].nbytes if old is not None else 0)
+            store["items"][image_id] = (sig, small, np.array(gt_class_ids))
+    return gt, gt_class_ids
 
 
 def _progress(ids, progress):

@@ -103,13 +103,33 @@ def masks_to_label(masks, scores=None, mode="score", name="masks"):
     label = np.zeros((h, w), np.int32)
     if n == 0:
         return label
-    rank = _overlap_rank(m, scores, mode)
-    order = np.argsort(rank, kind="stable")  # ascending: the last painted wins
-    ys, xs, ks = np.nonzero(m[..., order])  # C order: for one pixel, channels ascending
-    flat = ys * w + xs
-    last = np.ones(flat.size, bool)
-    last[:-1] = flat[1:] != flat[:-1]
-    label.ravel()[flat[last]] = order[ks[last]] + 1
+    return _paint_ranked(m, _overlap_rank(m, scores, mode), label)
+
+
+def _paint_ranked(m, rank, label, ids=None):
+    """Paint the stack ``m [H, W, N]`` (bool, or any dtype: nonzero = set) into ``label [H, W]``
+    (zeros): each covered pixel gets ``ids[k]`` (default ``k + 1``) of its covering channel ``k``
+    of highest ``rank [N]`` (unique among the channels used); channels of negative rank are left
+    out. Returns ``label``.
+
+    One scan of the stack (``flatnonzero``, C order: pixel-major, channels ascending) and a
+    maximum per covered pixel; no reordered copy of the stack is made.
+    """
+    n = m.shape[-1]
+    rank = np.asarray(rank, np.int64)
+    ids = np.arange(1, n + 1) if ids is None else np.asarray(ids)
+    pix, ks = np.divmod(np.flatnonzero(m), n)
+    r = rank[ks]
+    if (r < 0).any():
+        pix, r = pix[r >= 0], r[r >= 0]
+    if pix.size == 0:
+        return label
+    starts = np.flatnonzero(np.r_[True, pix[1:] != pix[:-1]])
+    best = np.maximum.reduceat(r, starts)  # the highest rank among each pixel's channels
+    used = rank >= 0
+    channel_of_rank = np.zeros(int(rank.max()) + 1, np.int64)
+    channel_of_rank[rank[used]] = np.flatnonzero(used)
+    label.ravel()[pix[starts]] = ids[channel_of_rank[best]]
     return label
 
 
