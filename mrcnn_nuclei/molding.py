@@ -14,7 +14,7 @@ import numpy as np
 
 from .data import image_ops as IO
 
-__all__ = ["mold_inputs", "unmold_detections", "paste_soft"]
+__all__ = ["mold_inputs", "unmold_detections", "paste_soft", "upsample2_project"]
 
 
 def mold_inputs(images, config):
@@ -38,15 +38,67 @@ def mold_inputs(images, config):
             raise ValueError(f"detect(): image #{i} (shape {np.shape(image)}, dtype "
                              f"{np.asarray(image).dtype}) cannot be converted: {err}") from err
         mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
-        out, window, scale, _, _ = IO.resize_image(img, min_dim=c.IMAGE_MIN_DIM,
-                                                   min_scale=c.IMAGE_MIN_SCALE,
-                                                   max_dim=c.IMAGE_MAX_DIM, mode=mode,
-                                                   semantics=semantics)
+        out, window, scale = _resize_for_inference(img, c, mode, semantics)
         molded.append(IO.mold_image(out, c))
         metas.append(IO.compose_image_meta(0, img.shape, out.shape, window, scale,
                                            np.zeros([c.NUM_CLASSES], np.int32)))
         windows.append(window)
     return molded, np.stack(metas), windows
+
+
+def _resize_for_inference(img, c, mode, semantics):
+    """``IO.resize_image`` of a uint8 image with the config's sizes -> (image, window, scale).
+
+    The from-scratch recipe's case (``pad64``, "project" semantics, scale exactly 2) takes
+    :func:`upsample2_project` (the same pixels, ~7x faster than skimage's resize on 1024 px
+    images), then ``resize_image`` only pads; any other case is ``resize_image`` itself."""
+    h, w = img.shape[:2]
+    scale = max(1.0, c.IMAGE_MIN_DIM / min(h, w)) if c.IMAGE_MIN_DIM else 1.0
+    if c.IMAGE_MIN_SCALE and scale < c.IMAGE_MIN_SCALE:
+        scale = float(c.IMAGE_MIN_SCALE)
+    if mode == "pad64" and semantics == "project" and scale == 2.0 and img.dtype == np.uint8:
+        out, window, _, _, _ = IO.resize_image(upsample2_project(img), mode="pad64",
+                                               semantics=semantics)
+        return out, window, 2.0
+    out, window, scale, _, _ = IO.resize_image(img, min_dim=c.IMAGE_MIN_DIM,
+                                               min_scale=c.IMAGE_MIN_SCALE,
+                                               max_dim=c.IMAGE_MAX_DIM, mode=mode,
+                                               semantics=semantics)
+    return out, window, scale
+
+
+def upsample2_project(image):
+    """Twice the size of a uint8 image ``[H, W(, C)]`` -> ``[2H, 2W(, C)]`` uint8, equal to
+    ``data.image_ops.resize(image, (2H, 2W))`` ("project": skimage order-1, edge-clamped,
+    rounded half to even).
+
+    At scale 2 each output pixel is ``(9a + 3b + 3c + d) / 16`` of its four nearest input
+    pixels (weights 3/4 and 1/4 per axis, edge pixels repeated), a value that float64 holds
+    exactly whatever the order of the sums; here it is summed in uint16 (at most 16 * 255)
+    and rounded the same way, so the result is the same bit for bit.
+    """
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3):
+        raise ValueError(f"upsample2_project: expected a uint8 [H, W(, C)] image, got "
+                         f"{a.dtype} {a.shape}")
+    v = _up2_axis(_up2_axis(a.astype(np.uint16), 0), 1)  # 16 x the interpolated value
+    q, r = v >> 4, v & 15
+    q += (r > 8) | ((r == 8) & (q & 1).astype(bool))  # round half to even, as np.rint
+    return q.astype(np.uint8)
+
+
+def _up2_axis(a, axis):
+    """4 x the scale-2 linear interpolation along ``axis`` (3 * own + 1 * nearer neighbour)."""
+    a = np.moveaxis(a, axis, 0)
+    out = np.empty((2 * a.shape[0],) + a.shape[1:], a.dtype)
+    even, odd = out[0::2], out[1::2]
+    np.multiply(a, 3, out=even)
+    odd[...] = even
+    even[1:] += a[:-1]
+    even[0] += a[0]
+    odd[:-1] += a[1:]
+    odd[-1] += a[-1]
+    return np.moveaxis(out, 0, axis)
 
 
 def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window, config,

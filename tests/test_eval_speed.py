@@ -1,4 +1,5 @@
 """The faster evaluation path scores exactly as the plain one: the one-scan ``masks_to_label``,
+the x2 upsampling of the recipe's molding (``molding.upsample2_project``),
 ``evaluation.postprocess_label`` (the prediction's label image without the dense intermediate
 stacks) and ``evaluation.ground_truth`` (ground truth decoded once per dataset and image), each
 against a brute-force computation, and a seeded random-weights model evaluated by
@@ -135,6 +136,52 @@ def test_labelling_makes_no_copy_of_the_stack():
             assert tracemalloc.get_traced_memory()[1] - base < masks.nbytes / 4
     finally:
         tracemalloc.stop()
+
+
+def test_upsample2_project_equals_the_skimage_resize():
+    from mrcnn_nuclei.data.image_ops import resize
+    from mrcnn_nuclei.molding import upsample2_project
+
+    rng = np.random.default_rng(4)
+    for trial in range(200):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        shape = [(h, w), (h, w, 1), (h, w, 3)][trial % 3]
+        image = rng.integers(0, 256, shape).astype(np.uint8)
+        if trial % 4 == 0:  # 0/255 edges: many values exactly half-way (round half to even)
+            image = (rng.integers(0, 2, shape) * 255).astype(np.uint8)
+        want = resize(image, (2 * h, 2 * w))
+        got = upsample2_project(image)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+    with pytest.raises(ValueError, match="uint8"):
+        upsample2_project(np.zeros((4, 4), np.float32))
+
+
+@pytest.mark.parametrize("semantics,mode,min_dim,min_scale", [
+    ("project", "pad64", 64, 2.0),      # the recipe's inference twin: the fast x2 path
+    ("project", "pad64", 256, 2.0),     # small images scaled by more than 2: resize_image
+    ("matterport", "pad64", 64, 2.0),   # Matterport semantics: resize_image
+    ("project", "square", 64, 2.0)])
+def test_mold_inputs_equals_resize_image_then_mold(semantics, mode, min_dim, min_scale):
+    from mrcnn_nuclei.config import NucleusConfig
+    from mrcnn_nuclei.data import image_ops as IO
+    from mrcnn_nuclei.molding import mold_inputs
+
+    c = type("C", (NucleusConfig,), dict(
+        RESIZE_SEMANTICS=semantics, IMAGE_RESIZE_MODE=mode, IMAGE_MIN_DIM=min_dim,
+        IMAGE_MAX_DIM=256, IMAGE_MIN_SCALE=min_scale, GPU_COUNT=1, IMAGES_PER_GPU=1))()
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (50, 70, 3)).astype(np.uint8),
+              rng.integers(0, 256, (33, 130, 3)).astype(np.uint8)]
+    molded, metas, windows = mold_inputs(images, c)
+    for image, m, meta, window in zip(images, molded, metas, windows):
+        out, win, scale, _, _ = IO.resize_image(image, min_dim=min_dim, max_dim=256,
+                                                min_scale=min_scale, mode=mode,
+                                                semantics=semantics)
+        np.testing.assert_array_equal(m, IO.mold_image(out, c))
+        assert tuple(window) == tuple(win)
+        np.testing.assert_array_equal(meta, IO.compose_image_meta(
+            0, image.shape, out.shape, win, scale, np.zeros([c.NUM_CLASSES], np.int32)))
 
 
 class CountingNuclei(SyntheticNucleiDataset):
