@@ -14,6 +14,11 @@ Random weights (timing only); the detect image is a generated nuclei image of th
 
     python benchmarks/backends.py                                    # everything (slow on a CPU)
     python benchmarks/backends.py --configs recipe --options tf jax --repeats 3 --what detect
+    python benchmarks/backends.py --configs nucleus --what train --options tf jax \
+        --precisions f32 bf16 --devices 1 --repeats 3                # ResNet-50 training steps
+
+The first call is a cold compile: a JAX persistent compilation cache in the environment
+(JAX_COMPILATION_CACHE_DIR) is not passed to the measuring subprocess.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def measure(what, name, option, precision, devices, repeats):
 def run_one(what, name, option, precision, devices, repeats, timeout):
     env = dict(os.environ, KERAS_BACKEND="jax" if option == "jax" else "tensorflow",
                TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # first call = compile, not a cache read
     if option == "jax":
         env.setdefault("JAX_PLATFORMS", "cpu" if not os.environ.get("JAX_PLATFORMS") else
                        os.environ["JAX_PLATFORMS"])

@@ -8,9 +8,11 @@ Phases (KERAS_BACKEND chosen by the caller):
 * ``run``: inference with w0 (the JAX process loads the legacy file, after checking that it
   gives exactly the native file's weights): stage outputs, ``detect`` and the evaluation path;
   then two SGD training steps from w0 on ``batch.npz`` (losses), the updated weights saved as
-  ``w1_<backend>.weights.h5``, and a short ``MaskRCNN.train`` through the loader ("heads").
+  ``w1_<backend>.weights.h5``; one SGD step per staged layer set (``train(layers=)`` presets:
+  which layers changed); and a short ``MaskRCNN.train`` through the loader ("heads").
   Writes ``run_<backend>.npz``.
 * ``load``: load ``w1_<other backend>.weights.h5`` and write its arrays (``load_<backend>.npz``).
+* ``init,run`` / ``run,load``: those phases one after the other in one process (one start-up).
 """
 
 from __future__ import annotations
@@ -108,6 +110,41 @@ def weight_arrays(keras_model):
     return {w.path: np.asarray(w.numpy()) for w in keras_model.weights}
 
 
+def layer_arrays(keras_model):
+    """{layer name: [arrays]} of every layer holding weights (nested models entered)."""
+    out = {}
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.Model):
+            out.update(layer_arrays(layer))
+        elif layer.weights:
+            out[layer.name] = [np.array(w.numpy()) for w in layer.weights]
+    return out
+
+
+def changed_layers(before, after):
+    """Names of the layers any of whose arrays differ (sorted array of str)."""
+    return np.array(sorted(n for n in before
+                           if any(not np.array_equal(a, b) for a, b in zip(before[n], after[n]))))
+
+
+STAGED = ("heads", "5+", "4+", "3+")  # "all" is the two-step run above
+
+
+def staged_steps(model, batch):
+    """One SGD step per ``train(layers=)`` preset, each set by ``layer_regex`` +
+    ``set_trainable`` as ``MaskRCNN.train`` does -> {"changed/<preset>": layer names}."""
+    from mrcnn_nuclei.training import layer_regex
+
+    out = {}
+    for preset in STAGED:
+        model.set_trainable(layer_regex(preset))
+        model.compile(0.01, 0.0)  # as train(learning_rate=0.01) compiles: "heads" is reused
+        before = layer_arrays(model.keras_model)
+        model.keras_model.train_on_batch(batch)
+        out["changed/" + preset] = changed_layers(before, layer_arrays(model.keras_model))
+    return out
+
+
 def phase_init(work):
     from legacy_fixture import write_legacy_h5
 
@@ -183,6 +220,13 @@ def phase_run(work):
     train.keras_model.save_weights(os.path.join(work, f"w1_{backend}.weights.h5"))
     res.update({"w1/" + k: v for k, v in weight_arrays(train.keras_model).items()
                 if "res5" in k or "mrcnn" in k})
+    res["weighted_layers"] = np.array(sorted(layer_arrays(train.keras_model)))
+    w0 = MaskRCNN("training", cfg, os.path.join(work, "logs"))
+    w0.keras_model.load_weights(os.path.join(work, "w0.weights.h5"))
+    res["changed/all"] = changed_layers(layer_arrays(w0.keras_model),
+                                        layer_arrays(train.keras_model))
+    del w0
+    res.update(staged_steps(train, batch))
     # the documented path: MaskRCNN.train through the loader with a staged layer set
     hist = train.train(synthetic(2, 0), None, learning_rate=0.01, epochs=1, layers="heads",
                        verbose=0)
@@ -202,6 +246,7 @@ def phase_load(work):
 
 
 if __name__ == "__main__":
-    phase, workdir = sys.argv[1], sys.argv[2]
-    {"init": phase_init, "run": phase_run, "load": phase_load}[phase](workdir)
-    print(f"{phase} done on {keras.backend.backend()}")
+    phases, workdir = sys.argv[1], sys.argv[2]
+    for phase in phases.split(","):
+        {"init": phase_init, "run": phase_run, "load": phase_load}[phase](workdir)
+        print(f"{phase} done on {keras.backend.backend()}", flush=True)

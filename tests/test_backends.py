@@ -2,14 +2,18 @@
 same stage outputs (FPN, RPN, proposals, heads), same detections (boxes to 1e-3 px after
 matching, same count, scores to 1e-4, mask IoU >= 0.99), same evaluation numbers, and the same
 losses for two SGD steps from the same state; weights saved by either backend load in the
-other; JAX loads a Matterport-layout .h5; MaskRCNN.train runs on JAX.
+other; JAX loads a Matterport-layout .h5; every staged layer set of ``train(layers=)`` (heads,
+3+, 4+, 5+, all) updates exactly its layers on both backends; MaskRCNN.train runs on JAX.
 
-The backend is fixed when keras is imported, so each backend runs tests/backend_worker.py in a
-subprocess (one per backend for all checks).  JAX's compilation cache is shared between the
-subprocesses of a session (JAX_COMPILATION_CACHE_DIR).
+The backend is fixed when keras is imported, so each backend runs tests/backend_worker.py in
+one subprocess for all its checks (TF: init,run; JAX: run,load); the TensorFlow load of the JAX
+weights runs in this (TensorFlow) process.  JAX's compilation cache is shared between the
+subprocesses of a session (JAX_COMPILATION_CACHE_DIR), and within one process it serves the
+identical "heads" step of ``staged_steps`` and ``MaskRCNN.train``.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +22,15 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 
 def run_worker(script, args, backend, env_extra=None, timeout=900):
+    """Run tests/<script> with KERAS_BACKEND=backend (the repository first on PYTHONPATH, so an
+    uninstalled or stale-installed checkout imports its own package)."""
+    path = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_PLATFORMS="cpu", **(env_extra or {}))
+               JAX_PLATFORMS="cpu", PYTHONPATH=path, **(env_extra or {}))
     proc = subprocess.run([sys.executable, str(HERE / script)] + [str(a) for a in args],
                           env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} {args} on {backend} failed:\n{proc.stderr[-4000:]}"
@@ -32,19 +40,25 @@ def run_worker(script, args, backend, env_extra=None, timeout=900):
 @pytest.fixture(scope="session")
 def jax_cache(tmp_path_factory):
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jaxcache"))
-    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 @pytest.fixture(scope="session")
 def parity_dir(tmp_path_factory, jax_cache):
-    """init (TF) -> run on both backends -> each loads the other's updated weights."""
+    """init and run on TF -> run on JAX, which loads TF's updated weights -> TF loads JAX's."""
     pytest.importorskip("jax")
     work = tmp_path_factory.mktemp("parity")
-    run_worker("backend_worker.py", ["init", work], "tensorflow")
-    run_worker("backend_worker.py", ["run", work], "tensorflow")
-    run_worker("backend_worker.py", ["run", work], "jax", jax_cache)
-    run_worker("backend_worker.py", ["load", work], "tensorflow")
-    run_worker("backend_worker.py", ["load", work], "jax", jax_cache)
+    run_worker("backend_worker.py", ["init,run", work], "tensorflow")
+    run_worker("backend_worker.py", ["run,load", work], "jax", jax_cache)
+    import keras
+
+    if keras.backend.backend() == "tensorflow":  # this process: no third start-up
+        import backend_worker
+
+        backend_worker.phase_load(str(work))
+    else:
+        run_worker("backend_worker.py", ["load", work], "tensorflow")
     return work
 
 
@@ -136,3 +150,46 @@ def test_jax_train_through_loader_writes_checkpoint(parity_dir):
     _, jx_run = _runs(parity_dir)
     assert np.isfinite(jx_run["heads_loss"]).all()
     assert "mask_rcnn_parity_0001.weights.h5" in list(jx_run["checkpoint"])
+
+
+def expected_layers(weighted, preset):
+    """Layers one step of ``train(layers=preset)`` must change, from the names alone: the heads
+    (mrcnn_*, rpn_*, fpn_*, PREPROC) always; ResNet stage k (res<k>*, its conv1 = stage 1) from
+    the preset's stage on ("all": every stage); batch-norm layers (bn*, mrcnn_*_bn*) never, as
+    Matterport's TRAIN_BN = False freezes them (FrozenBatchNorm) in every preset."""
+    first = {"heads": 9, "5+": 5, "4+": 4, "3+": 3, "all": 0}[preset]
+    out = set()
+    for name in weighted:
+        if re.search(r"(^|_)bn", name):
+            continue
+        m = re.match(r"res(\d)", name)
+        stage = int(m.group(1)) if m else (1 if name == "conv1" else None)
+        if stage is None:
+            assert re.match(r"(mrcnn_|rpn_|fpn_|PREPROC)", name), name
+        if stage is None or stage >= first:
+            out.add(name)
+    return out
+
+
+@pytest.mark.slow
+def test_staged_layer_sets_train_the_same_layers_on_both_backends(parity_dir):
+    """One SGD step per ``train(layers=)`` preset on each backend (in the parity subprocesses)
+    changes exactly the layers the preset names that this batch gives a gradient, and the
+    same ones on TF and JAX.  Random weights propose no positive ROI, so the box and mask head
+    losses are 0 and those layers (and fpn_p5, whose RPN anchors are not sampled) get none:
+    the "all" step shows which layers the batch reaches."""
+    tf_run, jx_run = _runs(parity_dir)
+    weighted = list(tf_run["weighted_layers"])
+    assert list(jx_run["weighted_layers"]) == weighted
+    reached = set(tf_run["changed/all"])
+    assert set(jx_run["changed/all"]) == reached
+    unreached = expected_layers(weighted, "all") - reached
+    assert all(n.startswith(("mrcnn_mask", "mrcnn_bbox")) or n == "fpn_p5" for n in unreached), \
+        unreached
+    sizes = []
+    for preset in ("heads", "5+", "4+", "3+", "all"):
+        want = expected_layers(weighted, preset) & reached
+        for run in (tf_run, jx_run):
+            assert set(run["changed/" + preset]) == want, preset
+        sizes.append(len(want))
+    assert sizes == sorted(sizes) and len(set(sizes)) == 5  # the presets nest, each one larger

@@ -32,13 +32,13 @@ class Trained(ParityConfig):
 
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory):
-    """A tiny model trained (float32, 300 SGD steps) until it detects something with score >= 0.3
-    on its two synthetic training images (random weights give near-tied scores, which any
-    rounding reorders)."""
+    """A tiny model trained (float32, 60 Adam steps; 300 SGD steps did the same) until it detects
+    several nuclei with score >= 0.3 on its two synthetic training images (random weights give
+    near-tied scores, which any rounding reorders)."""
     work = tmp_path_factory.mktemp("prec")
     model = MaskRCNN("training", Trained(), work)
     model.set_trainable(".*")
-    model.compile(0.01, 0.9)
+    model.keras_model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     loader = TrainingLoader(synthetic(2, 0), Trained(), seed=1, steps_per_epoch=1000)
     for i in range(STEPS):
         model.keras_model.train_on_batch(loader[i % 50])
@@ -47,7 +47,7 @@ def trained_weights(tmp_path_factory):
     return path
 
 
-STEPS = 300
+STEPS = 60
 
 
 def test_mixed_bfloat16_policy_and_finite_training(tmp_path):
@@ -103,4 +103,4 @@ def test_bfloat16_detections_match_float32(trained_weights, tmp_path):
             # matched IoU >= 0.95 on average; a single small box (~18 px) may move by one pixel
             # under bf16 box-head rounding (IoU 0.944 seen), never more
             assert best.mean() >= 0.95 and best.min() >= 0.9, np.round(best, 3)
-    assert total >= 2, "the trained model should detect something (else the test shows nothing)"
+    assert total >= 6, "the trained model should detect several nuclei (else the test shows little)"
