@@ -138,7 +138,7 @@ def staged_steps(model, batch):
     out = {}
     for preset in STAGED:
         model.set_trainable(layer_regex(preset))
-        model.compile(0.01, 0.0)  # as train(learning_rate=0.01) compiles: "heads" is reused
+        model.compile(0.01, 0.0)  # as train(learning_rate=0.01) compiles
         before = layer_arrays(model.keras_model)
         model.keras_model.train_on_batch(batch)
         out["changed/" + preset] = changed_layers(before, layer_arrays(model.keras_model))

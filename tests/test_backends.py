@@ -8,8 +8,8 @@ other; JAX loads a Matterport-layout .h5; every staged layer set of ``train(laye
 The backend is fixed when keras is imported, so each backend runs tests/backend_worker.py in
 one subprocess for all its checks (TF: init,run; JAX: run,load); the TensorFlow load of the JAX
 weights runs in this (TensorFlow) process.  JAX's compilation cache is shared between the
-subprocesses of a session (JAX_COMPILATION_CACHE_DIR), and within one process it serves the
-identical "heads" step of ``staged_steps`` and ``MaskRCNN.train``.
+subprocesses of a session (JAX_COMPILATION_CACHE_DIR).  On JAX every trainable set is its own
+XLA compile (~15-20 s each on 2 busy cores).
 """
 
 import os
