@@ -41,6 +41,14 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
   over ``GPU_COUNT`` devices (``tf.distribute.MirroredStrategy`` on TensorFlow,
   ``keras.distribution.DataParallel`` on JAX, also across processes after
   ``mrcnn_nuclei.distribute.initialize``); see :mod:`mrcnn_nuclei.distribute`.
+* ``LOSS_REDUCTION``: ``"batch"`` (Matterport, default): each loss is a mean over the whole
+  batch (all non-neutral anchors / positive ROIs of all images, so images with more nuclei
+  weigh more); ``"image"``: a mean per image (0 for an image with nothing to count), then the
+  mean over the images.  Data-parallel training is exact with either: one step on ``n``
+  devices or processes, each with different images, equals the one-device step on the whole
+  batch (``"batch"`` sums each loss's count over the TensorFlow replicas; on JAX the step is one
+  global program); ``"image"`` needs no cross-replica count.  See
+  :mod:`mrcnn_nuclei.layers.losses`.
 * ``MIXED_PRECISION``: ``None``, ``"mixed_float16"`` or ``"mixed_bfloat16"`` (Keras dtype policy
   applied while building; losses, proposals, NMS and detections stay float32).
 * ``RESIZE_SEMANTICS``: ``"matterport"`` (default) resizes images and masks exactly as
@@ -158,6 +166,8 @@ class Config:
     # data-parallel training (mrcnn_nuclei.distribute): "none" or "data_parallel"
     # (tf.distribute.MirroredStrategy / keras.distribution.DataParallel over GPU_COUNT devices)
     DISTRIBUTE = "none"
+    # "batch" (Matterport: means over the whole batch) or "image" (per-image means, averaged)
+    LOSS_REDUCTION = "batch"
     # Keras mixed precision: None, "mixed_float16" (GPUs) or "mixed_bfloat16"
     MIXED_PRECISION = None
     RESIZE_SEMANTICS = "matterport"
@@ -271,6 +281,9 @@ class Config:
         if self.DISTRIBUTE not in ("none", "data_parallel"):
             fail("DISTRIBUTE", "must be 'none' or 'data_parallel' (spread each batch over "
                  "GPU_COUNT devices; see mrcnn_nuclei.distribute)")
+        if self.LOSS_REDUCTION not in ("batch", "image"):
+            fail("LOSS_REDUCTION", "must be 'batch' (Matterport: each loss a mean over the whole "
+                 "batch) or 'image' (a mean per image, then over the images)")
         if self.MIXED_PRECISION not in (None, "mixed_float16", "mixed_bfloat16"):
             fail("MIXED_PRECISION", "must be None, 'mixed_float16' or 'mixed_bfloat16'")
         if not isinstance(self.SKIP_BAD_IMAGES, (bool, np.bool_)):

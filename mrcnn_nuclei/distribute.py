@@ -6,17 +6,24 @@ devices), through the engines Keras itself supports:
 
 * TensorFlow: ``tf.distribute.MirroredStrategy`` (model, optimizer and compile inside
   ``strategy.scope()``; ``fit`` splits every batch of ``BATCH_SIZE = IMAGES_PER_GPU * GPU_COUNT``
-  images).  Each replica's losses are means over its own images (as in any per-replica loss);
-  the gradients are summed over replicas after :func:`scale_loss` divided each by the replica
-  count, so with equal per-replica counts a step equals the one-device step on the whole batch.
+  images).  Each replica computes the losses of its own images; the gradients are summed over
+  replicas after :func:`scale_loss` divided each replica's loss by the replica count.  With
+  ``Config.LOSS_REDUCTION = "batch"`` (Matterport's whole-batch means) every loss divides by
+  its count summed over all replicas (:func:`sum_over_replicas`), with ``"image"`` (mean of
+  per-image means) each replica's mean over its equally many images is a share of the global
+  one: either way a step equals the one-device step on the whole batch, with different images
+  on every replica (:mod:`mrcnn_nuclei.layers.losses`).
 * JAX: ``keras.distribution.DataParallel`` (set as the global Keras distribution): the step is
   one SPMD program over the global batch, sharded on its first axis; XLA inserts the gradient
-  all-reduce.  A step equals the one-device step on the whole batch.
+  all-reduce.  A step equals the one-device step on the whole batch (either reduction).
 
 Several processes (JAX): call :func:`initialize` in every process before building the model;
-the mesh then spans ``GPU_COUNT`` devices of every process, and each process feeds its own
-``BATCH_SIZE`` images (a different shard of the data: give each process its own dataset subset
-or SEED).  Launch (one command per host, here two processes on one machine)::
+the mesh then spans ``GPU_COUNT`` devices of every process and the global batch is
+``BATCH_SIZE * process_count`` images.  Every process loads the same dataset with the same
+``Config.SEED``; the default training loader (:func:`mrcnn_nuclei.training.make_training_loader`)
+then gives process ``i`` images ``[i * BATCH_SIZE, (i + 1) * BATCH_SIZE)`` of every global batch
+(:func:`process_shard`), so one process with the global batch and ``k`` processes each with
+its slice take the same step.  Launch (one command per host, here two processes on one machine)::
 
     python train.py --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
     python train.py --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 1
@@ -31,7 +38,8 @@ import logging
 
 import keras
 
-__all__ = ["Distribution", "for_config", "initialize", "scale_loss", "local_devices"]
+__all__ = ["Distribution", "for_config", "initialize", "scale_loss", "sum_over_replicas",
+           "process_shard", "local_devices"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +124,10 @@ class Distribution:
                                                          if x.process_index == p),
                                                         key=lambda x: x.id)) if i in index]
             self.distribution = keras.distribution.DataParallel(devices=devices)
+            if jax.process_count() > 1:
+                # each process's loader yields its own slice (process_shard); Keras would
+                # otherwise refuse anything but a tf.data.Dataset, which it shards itself
+                self.distribution.auto_shard_dataset = False
             self.replicas = len(devices)
             keras.distribution.set_distribution(self.distribution)
 
@@ -142,3 +154,32 @@ def scale_loss(loss):
     ctx = tf.distribute.get_replica_context()
     n = ctx.num_replicas_in_sync if ctx is not None else 1
     return loss / n if n > 1 else loss
+
+
+def sum_over_replicas(value):
+    """``(sum of value over the replicas, replica count)``: inside a TensorFlow replica
+    context with several replicas in sync, ``value`` (a scalar, treated as a constant: no
+    gradient flows through it) is all-reduced; otherwise, and always on JAX (whose data-parallel
+    step is one program over the global batch), ``(value, 1)``."""
+    if keras.backend.backend() != "tensorflow":
+        return value, 1
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync if ctx is not None else 1
+    if n == 1:
+        return value, 1
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
+    return tf.stop_gradient(total), n
+
+
+def process_shard(config):
+    """``(process_index, process_count)`` whose slice of every global batch this process
+    loads: ``(jax.process_index(), jax.process_count())`` for ``DISTRIBUTE = "data_parallel"``
+    on JAX after :func:`initialize`, else ``(0, 1)`` (the whole batch)."""
+    if getattr(config, "DISTRIBUTE", "none") != "data_parallel" or \
+            keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return int(jax.process_index()), int(jax.process_count())

@@ -209,11 +209,16 @@ def make_optimizer(config, learning_rate, momentum):
 
 def compile_training_model(keras_model, config, learning_rate, momentum, distribution=None):
     """Compile ``keras_model`` with :func:`make_optimizer` (inside ``distribution.scope()``
-    when given); returns the :class:`WarmUp` schedule or None."""
+    when given) and set its ``loss_reduction`` to ``config.LOSS_REDUCTION``; returns the
+    :class:`WarmUp` schedule or None."""
     scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
     with scope:  # optimizer (and its slots, the WarmUp scale) on the strategy's devices too
         opt, schedule = make_optimizer(config, learning_rate, momentum)
-        keras_model.compile(optimizer=opt, jit_compile=False)
+        # JAX: the step is one XLA program (unjitted, every op dispatches and compiles on its
+        # own: ~4x slower to start and to run); TensorFlow: tf2xla cannot compile the graph
+        keras_model.compile(optimizer=opt, jit_compile=keras.backend.backend() == "jax")
+    if isinstance(keras_model, MaskRCNNTrainingModel):
+        keras_model.loss_reduction = getattr(config, "LOSS_REDUCTION", "batch")
     return schedule
 
 
@@ -223,7 +228,7 @@ def mask_slots(config):
     return max(1, int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO))
 
 
-def mask_rcnn_losses(batch, outputs, slots=None):
+def mask_rcnn_losses(batch, outputs, slots=None, reduction="batch"):
     """The five Mask R-CNN losses by name (``layers.losses.LOSS_NAMES``), each a scalar.
 
     batch: the training-batch dict (docs/INTERFACES.md): input_image_meta (its active class ids
@@ -231,37 +236,47 @@ def mask_rcnn_losses(batch, outputs, slots=None):
     input_rpn_bbox.  outputs: the training graph's dict (rpn_class_logits, rpn_bbox,
     target_class_ids, target_bbox, target_mask, mrcnn_class_logits, mrcnn_bbox, mrcnn_mask).
     slots: ROI slots the mask branch ran on (default: all of ``mrcnn_mask``).
+    reduction: ``Config.LOSS_REDUCTION``, "batch" (Matterport) or "image" (see
+    :func:`mrcnn_nuclei.layers.losses.reduce_loss`).
     """
     active = batch["input_image_meta"][:, META_ACTIVE_CLASS_IDS]
     k = slots or outputs["mrcnn_mask"].shape[1]
+    r = reduction
     return {
-        "rpn_class_loss": L.rpn_class_loss(batch["input_rpn_match"], outputs["rpn_class_logits"]),
+        "rpn_class_loss": L.rpn_class_loss(batch["input_rpn_match"], outputs["rpn_class_logits"],
+                                           r),
         "rpn_bbox_loss": L.rpn_bbox_loss(batch["input_rpn_bbox"], batch["input_rpn_match"],
-                                         outputs["rpn_bbox"]),
+                                         outputs["rpn_bbox"], r),
         "mrcnn_class_loss": L.mrcnn_class_loss(outputs["target_class_ids"],
-                                               outputs["mrcnn_class_logits"], active),
+                                               outputs["mrcnn_class_logits"], active, r),
         "mrcnn_bbox_loss": L.mrcnn_bbox_loss(outputs["target_bbox"], outputs["target_class_ids"],
-                                             outputs["mrcnn_bbox"]),
+                                             outputs["mrcnn_bbox"], r),
         "mrcnn_mask_loss": L.mrcnn_mask_loss(outputs["target_mask"][:, :k],
                                              outputs["target_class_ids"][:, :k],
-                                             outputs["mrcnn_mask"]),
+                                             outputs["mrcnn_mask"], r),
     }
 
 
 class MaskRCNNTrainingModel(keras.Model):
     """Functional training graph whose loss is the LOSS_WEIGHTS-weighted sum of
-    :func:`mask_rcnn_losses`; ``fit`` reports each of them and the total as ``loss``."""
+    :func:`mask_rcnn_losses`; ``fit`` reports each of them and the total as ``loss``.
+    ``loss_reduction``: "batch" (default) or "image", set from ``Config.LOSS_REDUCTION`` by
+    :func:`compile_training_model`.  Under ``tf.distribute`` each replica's values average to
+    the whole-batch ones (:mod:`mrcnn_nuclei.layers.losses`), which the logged means show."""
 
-    def __init__(self, *args, loss_weights=None, mask_slots=None, **kwargs):
+    def __init__(self, *args, loss_weights=None, mask_slots=None, loss_reduction="batch",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_weights_ = dict(loss_weights or {})
         self.mask_slots = mask_slots
+        self.loss_reduction = loss_reduction
         self._trackers = {n: keras.metrics.Mean(name=n) for n in L.LOSS_NAMES}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """x: the training-batch dict; y_pred: the dict of graph outputs -> total loss."""
         total = 0.0
-        for name, value in mask_rcnn_losses(x, y_pred, self.mask_slots).items():
+        reduction = getattr(self, "loss_reduction", "batch")
+        for name, value in mask_rcnn_losses(x, y_pred, self.mask_slots, reduction).items():
             self._trackers[name].update_state(value)
             total = total + float(self.loss_weights_.get(name, 1.0)) * value
         # weight decay is applied by the optimizer (decoupled), not added here
@@ -270,6 +285,26 @@ class MaskRCNNTrainingModel(keras.Model):
     @property
     def metrics(self):
         return list(super().metrics) + list(self._trackers.values())
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras (TensorFlow trainer, under tf.distribute) builds ``fit``'s step from the first
+        distributed batch averaged over the replicas, which fails on the bool
+        ``input_gt_masks`` ("AddN ... bool"); build from the first replica's share instead (only
+        shapes and dtypes matter there)."""
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            import tensorflow as tf
+
+            def first_replica(value):
+                if isinstance(value, tf.distribute.DistributedValues):
+                    return strategy.experimental_local_results(value)[0]
+                return value
+
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(first_replica, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 # ------------------------------------------------------------------------------- callbacks
@@ -318,7 +353,9 @@ def progress_logger(log_dir):
 def make_training_loader(dataset, config, *, shuffle=True, augmentation=None, workers=1,
                          use_multiprocessing=False, steps_per_epoch=None, cache=False):
     """The default ``loader`` factory of :meth:`MaskRCNN.train`: a
-    :class:`mrcnn_nuclei.data.loader.TrainingLoader` seeded with ``config.SEED``.
+    :class:`mrcnn_nuclei.data.loader.TrainingLoader` seeded with ``config.SEED``.  In
+    multi-process data-parallel training (JAX) it loads this process's slice of every global
+    batch (:func:`mrcnn_nuclei.distribute.process_shard`; SEED must then be set).
 
     ``train(loader=...)`` takes any callable of this signature (``dataset, config`` and these
     keywords) returning a ``keras.utils.PyDataset`` of training-batch dicts; e.g. one that adds
@@ -326,7 +363,12 @@ def make_training_loader(dataset, config, *, shuffle=True, augmentation=None, wo
     """
     from .data.loader import TrainingLoader
 
+    shard = distribute.process_shard(config)
+    if shard[1] > 1 and config.SEED is None:
+        raise ValueError(f"{type(config).__name__}.SEED is None: multi-process data-parallel "
+                         "training needs the same integer SEED in every process (each process "
+                         "loads its slice of the same shuffled global batches)")
     return TrainingLoader(dataset, config, shuffle=shuffle, augmentation=augmentation,
                           seed=config.SEED, workers=workers,
                           use_multiprocessing=use_multiprocessing,
-                          steps_per_epoch=steps_per_epoch, cache=cache)
+                          steps_per_epoch=steps_per_epoch, cache=cache, shard=shard)

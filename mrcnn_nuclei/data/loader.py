@@ -266,14 +266,20 @@ class TrainingLoader(keras.utils.PyDataset):
     decoding.  The cache lives in this process: it serves workers=1 and thread workers; process
     workers (use_multiprocessing) start every epoch with an empty one.
     steps_per_epoch: batches per epoch (e.g. config.STEPS_PER_EPOCH); default
-    max(1, num_images // BATCH_SIZE), one pass over the images.  Beyond one pass the images are
-    reshuffled for each further pass, and every batch gets its own random draws.
+    max(1, num_images // (BATCH_SIZE * shard count)), one pass over the images.  Beyond one
+    pass the images are reshuffled for each further pass, and every batch gets its own random
+    draws.
+    shard: ``(index, count)``: this loader yields slice ``index`` of ``count`` (BATCH_SIZE images
+    each) of every global batch of ``count * BATCH_SIZE`` images, with the draws the whole-batch
+    loader makes for them (multi-process data-parallel training: every process loads the same
+    dataset with the same seed; :func:`mrcnn_nuclei.distribute.process_shard`); default (0, 1).
     ``len(loader)`` = steps per epoch; ``loader[i]`` is batch i of the current epoch (images
     wrap around when the dataset is smaller than a batch).
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None, seed=None, workers=1,
-                 use_multiprocessing=False, max_queue_size=10, cache=False, steps_per_epoch=None):
+                 use_multiprocessing=False, max_queue_size=10, cache=False, steps_per_epoch=None,
+                 shard=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         ids = np.asarray(getattr(dataset, "image_ids", []))
@@ -299,6 +305,10 @@ class TrainingLoader(keras.utils.PyDataset):
             raise ValueError(f"TrainingLoader: steps_per_epoch must be positive, got "
                              f"{steps_per_epoch}")
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self.shard_index, self.shard_count = (int(v) for v in (shard or (0, 1)))
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"TrainingLoader: shard must be (index, count) with 0 <= index < "
+                             f"count, got {shard}")
         self._orders = {}
         self._overflow_logged = False
         self._lock = threading.Lock()
@@ -316,7 +326,7 @@ class TrainingLoader(keras.utils.PyDataset):
         self._lock = threading.Lock()
 
     def _pass_length(self):
-        return max(1, len(self.image_ids) // self.config.BATCH_SIZE)
+        return max(1, len(self.image_ids) // (self.config.BATCH_SIZE * self.shard_count))
 
     def _order(self, pass_index):
         """Image order of one pass over the dataset in the current epoch."""
@@ -377,9 +387,11 @@ class TrainingLoader(keras.utils.PyDataset):
         pass_index, j = divmod(index, self._pass_length())
         order = self._order(pass_index)
         n = len(order)
-        ids = [int(order[(j * b + k) % n]) for k in range(b)]
+        g = b * self.shard_count                               # the global batch
+        ks = range(self.shard_index * b, (self.shard_index + 1) * b)   # this shard's positions
+        ids = [int(order[(j * g + k) % n]) for k in ks]
         items = [self.build_item(image_id, np.random.default_rng([self.seed, self.epoch, index, k]))
-                 for k, image_id in enumerate(ids)]  # loop over the BATCH_SIZE images
+                 for k, image_id in zip(ks, ids)]  # loop over the BATCH_SIZE images
         shapes = {it[0].shape for it in items}
         if len(shapes) > 1:
             raise ValueError(f"TrainingLoader: images of one batch differ in shape {sorted(shapes)}"
