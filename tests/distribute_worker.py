@@ -36,6 +36,7 @@ MODE, WORK = sys.argv[1], sys.argv[2]
 if MODE == "tf":
     import tensorflow as tf
 
+    tf.config.experimental.enable_op_determinism()   # same sums whatever the thread timing
     _cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(_cpu,
                                                [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -160,9 +160,11 @@ def _assert_same_step(one, many, replicas):
     weights = [k[2:] for k in one if k.startswith("w:")]
     for k in weights:
         np.testing.assert_array_equal(many["w0:" + k], one["w0:" + k], err_msg="start " + k)
-        # float32 gradient sums in another order: ~1e-5 of the largest update of a tensor
-        # (a wrong reduction moves them by ~10 % of it)
-        atol = 1e-4 * float(np.abs(one["delta:" + k]).max()) + 1e-9
+        # float32 sums in another order (batch of 1 vs 2 convolutions, the replicas' gradient
+        # sum) reach ~1e-5 of the largest update of a tensor, and where they move an ROI
+        # across a bilinear cell the FPN's updates up to ~1e-3 of it; a wrong reduction moves
+        # them by 10 % and more
+        atol = 2e-3 * float(np.abs(one["delta:" + k]).max()) + 1e-9
         np.testing.assert_allclose(many["w:" + k], one["w:" + k], rtol=1e-6, atol=atol,
                                    err_msg=k)
         np.testing.assert_allclose(many["delta:" + k], one["delta:" + k], rtol=1e-3,
