@@ -100,7 +100,11 @@ def test_bfloat16_detections_match_float32(trained_weights, tmp_path):
             iou = B.compute_overlaps(a["rois"][sure].astype(np.float64),
                                      b["rois"].astype(np.float64))
             best = iou.max(axis=1)
-            # matched IoU >= 0.95 on average; a single small box (~18 px) may move by one pixel
-            # under bf16 box-head rounding (IoU 0.944 seen), never more
-            assert best.mean() >= 0.95 and best.min() >= 0.9, np.round(best, 3)
+            partner = b["rois"][iou.argmax(axis=1)]
+            shift = np.abs(a["rois"][sure].astype(int) - partner.astype(int)).max(axis=1)
+            # matched IoU >= 0.95 on average (the bound); each box may move by a pixel or
+            # two under bf16 rounding of the box head (int boxes: an ~18 px box with two sides
+            # one pixel off has IoU 0.894, seen once), never further
+            assert best.mean() >= 0.95, np.round(best, 3)
+            assert shift.max() <= 2, (shift, np.round(best, 3))
     assert total >= 6, "the trained model should detect several nuclei (else the test shows little)"
