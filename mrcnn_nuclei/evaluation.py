@@ -227,16 +227,8 @@ def postprocess_label(r, image_shape, settings=None):
     if settings.fill_holes:
         masks, scores, class_ids = settings.apply(r, image_shape)
         return metrics.masks_to_label(masks), scores, class_ids
-    if "masks" not in r:
-        settings.apply(r, image_shape)  # raises its KeyError
-    masks = np.asarray(r["masks"])
-    if masks.ndim != 3 or masks.shape[:2] != tuple(image_shape[:2]):
-        settings.apply(r, image_shape)  # raises its ValueError
+    masks, scores, class_ids = settings.arrays(r, image_shape)
     n = masks.shape[-1]
-    scores = np.asarray(r.get("scores", np.ones(n)), np.float64).ravel()
-    class_ids = np.asarray(r.get("class_ids", np.ones(n)), np.int64).ravel()
-    if scores.size != n or class_ids.size != n:
-        settings.apply(r, image_shape)  # raises its ValueError
     keep = np.ones(n, bool)
     if settings.score_threshold:
         keep = scores >= float(settings.score_threshold)

@@ -102,6 +102,22 @@ class PostProcess:
         """
         from . import postprocess
 
+        masks, scores, class_ids = self.arrays(r, image_shape)
+        if self.score_threshold:
+            keep = scores >= float(self.score_threshold)
+            masks, scores, class_ids = masks[..., keep], scores[keep], class_ids[keep]
+        masks = postprocess.resolve_overlaps(masks > 0, scores, self.overlap)
+        if self.fill_holes:
+            masks = postprocess.resolve_overlaps(postprocess.fill_holes(masks), scores,
+                                                 self.overlap)
+        keep = masks.sum(axis=(0, 1)) >= max(int(self.min_size), 1)  # also drops emptied masks
+        return masks[..., keep], scores[keep], class_ids[keep]
+
+    @staticmethod
+    def arrays(r, image_shape):
+        """The checked arrays of one detection dict: ``(masks [H, W, N] as given, scores [N]
+        float64, class_ids [N] int64)`` (ones where absent); KeyError / ValueError naming what
+        is wrong otherwise."""
         if "masks" not in r:
             raise KeyError("the detection dict has no 'masks' entry; the detector must return "
                            "{'rois', 'class_ids', 'scores', 'masks' [H, W, N]} like "
@@ -116,15 +132,7 @@ class PostProcess:
         if scores.size != n or class_ids.size != n:
             raise ValueError(f"detection has {n} masks but {scores.size} scores and "
                              f"{class_ids.size} class_ids")
-        if self.score_threshold:
-            keep = scores >= float(self.score_threshold)
-            masks, scores, class_ids = masks[..., keep], scores[keep], class_ids[keep]
-        masks = postprocess.resolve_overlaps(masks > 0, scores, self.overlap)
-        if self.fill_holes:
-            masks = postprocess.resolve_overlaps(postprocess.fill_holes(masks), scores,
-                                                 self.overlap)
-        keep = masks.sum(axis=(0, 1)) >= max(int(self.min_size), 1)  # also drops emptied masks
-        return masks[..., keep], scores[keep], class_ids[keep]
+        return masks, scores, class_ids
 
 
 def detect(model, images, postprocess=None):
