@@ -33,6 +33,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from .datasets.dsb import read_image_groups
 from .metrics import DSB_THRESHOLDS, Contingency, masks_to_label, to_label
 
 __all__ = ["SIZE_BINS", "SIZE_LABELS", "SCORE_BINS", "GROUP_TYPES", "IMAGE_TYPES",
@@ -66,17 +67,8 @@ def image_type(group):
     return GROUP_TYPES.get(group, "other") if group else "other"
 
 
-def read_groups(path):
-    """``{image_id: group}`` from an ``image_groups.tsv`` (tab separated, header with
-    ``image_id`` and ``group`` columns)."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t")
-        if not rows.fieldnames or not {"image_id", "group"} <= set(rows.fieldnames):
-            raise ValueError(f"{path}: expected a tab-separated header with image_id and group "
-                             f"columns, got {rows.fieldnames}")
-        return {row["image_id"]: row["group"] for row in rows if row.get("image_id")}
+#: ``{image_id: group}`` from an ``image_groups.tsv`` (the DSB loader's reader).
+read_groups = read_image_groups
 
 
 def label_boundaries(label):

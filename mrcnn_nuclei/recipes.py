@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from .config import NucleusConfig, inference_config
+from .datasets.dsb import read_image_groups  # noqa: F401  (re-exported: the holdout split's input)
 
 __all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
            "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader",
@@ -70,21 +71,6 @@ def config_with(base, **overrides):
         raise ValueError(f"config_with: unknown Config attribute(s) {bad} for {base.__name__}; "
                          "use upper-case names of mrcnn_nuclei.config.Config")
     return type(base.__name__, (base,), dict(overrides))()
-
-
-def read_image_groups(path):
-    """``{image_id: group}`` from an ``image_groups.tsv`` (header ``image_id  group  ...``, tab
-    separated; DSB2018's size/colour groups such as ``256x256_gray``)."""
-    groups = {}
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:2] != ["image_id", "group"]:
-            raise ValueError(f"{path}: expected a header 'image_id<TAB>group...', got {header}")
-        for line in f:
-            cells = line.rstrip("\n").split("\t")
-            if len(cells) >= 2 and cells[0]:
-                groups[cells[0]] = cells[1]
-    return groups
 
 
 def holdout_ids(ids, n, groups=None, seed=0):

@@ -30,7 +30,8 @@ from PIL import Image
 from ..data.convert import read_image
 from ..data.dataset import Dataset
 
-__all__ = ["DSBDataset", "rle_decode", "read_rle_csv", "read_id_list", "check_ids_present"]
+__all__ = ["DSBDataset", "rle_decode", "read_rle_csv", "read_id_list", "check_ids_present",
+           "read_image_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,18 @@ def _read_ids(ids, what):
         raise ValueError(f"empty id list ({what}): give at least one image id")
     return ids
 
+
+
+def read_image_groups(path):
+    """``{image_id: group}`` from an ``image_groups.tsv`` (tab separated, a header with
+    ``image_id`` and ``group`` columns; DSB2018's size/colour groups such as ``256x256_gray``).
+    ValueError naming the file when the header lacks them."""
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t")
+        if not rows.fieldnames or not {"image_id", "group"} <= set(rows.fieldnames):
+            raise ValueError(f"{path}: expected a tab-separated header with image_id and group "
+                             f"columns, got {rows.fieldnames}")
+        return {row["image_id"]: row["group"] for row in rows if row.get("image_id")}
 
 class DSBDataset(Dataset):
     """DSB2018 stage-1 nuclei: ``ds.load(root, ids=None, subset=None)`` then ``ds.prepare()``."""
