@@ -78,12 +78,17 @@ def main(argv=None):
                         "scored once at the end; the split is written to OUT/holdout_ids.txt")
     p.add_argument("--workers", type=int, default=2, help="loader threads")
     p.add_argument("--augment", choices=["light", "nucleus", "none"], default="light")
+    p.add_argument("--no-val", action="store_true",
+                   help="with --holdout: score the held-out ids only, not the val ids (short "
+                        "ablations; the val ids are scored once per recipe change)")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="also stop after N training steps (step-matched ablations on a busy "
                         "machine; a cosine decay then runs over the N steps)")
     p.add_argument("--eval-untrained", action="store_true",
                    help="also score the untrained model (minute 0)")
     args = p.parse_args(argv)
+    if args.no_val and not args.holdout:
+        p.error("--no-val needs --holdout N (the curve would have no ids to score)")
 
     from mrcnn_nuclei import weights
     from mrcnn_nuclei.datasets import DSBDataset
@@ -122,7 +127,7 @@ def main(argv=None):
     val_ids = [internal[n] for n in val_names]
     final_ids = None
     if held:
-        final_ids = val_ids
+        final_ids = None if args.no_val else val_ids
         val_ids = [internal[n] for n in held][: args.curve_limit or None]
     elif args.curve_limit:
         final_ids = val_ids
@@ -151,10 +156,14 @@ def main(argv=None):
     path = weights.save_weights(model.keras_model, os.path.join(args.out, "dsb_scratch_final"),
                                 config=config)
     eval_s = sum(row.get("eval_seconds", 0.0) + row.get("final", {}).get("eval_seconds", 0.0)
-                 for row in curve)
+                 + row.get("raw_weights", {}).get("eval_seconds", 0.0) for row in curve)
     folder = save_recipe_model(model, config, os.path.join(args.out, "model"))
     print(f"\ncurve on {len(val_ids)} {'held-out' if held else 'val'} ids:\n"
           + format_curve(curve))
+    if "raw_weights" in curve[-1]:
+        row = dict(curve[-1], **curve[-1]["raw_weights"])
+        print(f"\nthe same ids, raw weights of the last step instead of their average:\n"
+              + format_curve([row]))
     if final_ids is not None:
         row = dict(curve[-1], **curve[-1]["final"])
         print(f"\nfinal on {len(final_ids)} val ids:\n" + format_curve([row]))

@@ -23,7 +23,7 @@ import numpy as np
 from .config import NucleusConfig, inference_config
 from .datasets.dsb import read_image_groups  # noqa: F401  (re-exported: the holdout split's input)
 
-__all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
+__all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback", "RawWeightsAtStop",
            "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader",
            "holdout_ids", "read_image_groups", "copy_weights"]
 
@@ -136,15 +136,34 @@ def evaluate_model(model, dataset, image_ids=None, min_size=0):
     return out
 
 
-def copy_weights(train_model, infer_model):
+def copy_weights(train_model, infer_model, average=True):
     """Copy the training model's weights into the inference model (by layer name, strict); with
-    ``WEIGHTS_EMA`` the optimizer's moving average is copied (the raw weights stay in training)."""
+    ``WEIGHTS_EMA`` the optimizer's moving average is copied (the raw weights stay in training)
+    unless ``average=False``."""
+    import contextlib
+
     from . import weights as W
     from .training import averaged_weights
 
-    with tempfile.TemporaryDirectory() as tmp, averaged_weights(train_model.keras_model):
+    keep = averaged_weights(train_model.keras_model) if average else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, keep:
         path = W.save_weights(train_model.keras_model, os.path.join(tmp, "w.weights.h5"))
         W.load_weights(infer_model.keras_model, path, by_name=True)
+
+
+class RawWeightsAtStop(keras.callbacks.Callback):
+    """Keeps the trainable weights as they are when training stops (``values``, NumPy), before
+    Keras' ``fit`` writes the optimizer's moving average (``WEIGHTS_EMA``) into the model: the
+    last step's own weights, for comparing them with their average."""
+
+    def __init__(self, enabled=True):
+        super().__init__()
+        self.enabled = bool(enabled)
+        self.values = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.enabled and self.model.stop_training:
+            self.values = [np.array(v.numpy(), copy=True) for v in self.model.trainable_variables]
 
 
 class BudgetCallback(keras.callbacks.Callback):
@@ -282,7 +301,10 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     max_steps: also stop after that many steps (repeatable short runs, tests).
     final_val_ids: also score these ids after training (the last curve entry gets
     ``final`` = that evaluation dict); e.g. a small ``val_ids`` for the curve and all ids at the
-    end. The training loader caches decoded images and masks (thread workers only)."""
+    end. With ``WEIGHTS_EMA`` the curve scores the averaged weights, and the last entry also gets
+    ``raw_weights``: the same ``val_ids`` scored with the raw (last-step) weights, an ablation of
+    the average at an equal step count. The training loader caches decoded images and masks
+    (thread workers only)."""
     from .model import MaskRCNN
     from .training import decay_callback
 
@@ -304,7 +326,8 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
         if verbose:
             print(format_curve([row]), flush=True)
     budget = BudgetCallback(minutes, eval_at, evaluate, max_steps=max_steps, verbose=verbose)
-    callbacks = [budget, KeepLastCheckpoint(model)]
+    raw = RawWeightsAtStop(enabled=bool(config.WEIGHTS_EMA))
+    callbacks = [budget, KeepLastCheckpoint(model), raw]
     if config.LEARNING_RATE_DECAY != "none":  # over the budget, not over the 100000 epochs
         callbacks.append(decay_callback(config, progress=budget.fraction))
     model.train(train_dataset, None, config.LEARNING_RATE, epochs=100000, layers="all",
@@ -312,6 +335,17 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
                 workers=workers, loader=cached_loader,
                 verbose=0 if verbose < 2 else 2)
     curve.extend(budget.curve)
+    if raw.values is not None and curve:
+        t0 = time.perf_counter()
+        variables = model.keras_model.trainable_variables
+        averaged = [v.numpy().copy() for v in variables]
+        for v, value in zip(variables, raw.values):
+            v.assign(value)
+        copy_weights(model, infer, average=False)
+        for v, value in zip(variables, averaged):
+            v.assign(value)
+        curve[-1]["raw_weights"] = evaluate_model(infer, val_dataset, val_ids)
+        curve[-1]["raw_weights"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     if final_val_ids is not None and curve:
         t0 = time.perf_counter()
         curve[-1]["final"] = evaluate(list(final_val_ids))

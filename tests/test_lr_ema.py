@@ -87,3 +87,32 @@ def test_no_average_leaves_weights_alone():
         pass
     for v, b in zip(model.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_raw_weights_at_stop_are_the_last_step_not_the_average():
+    """fit writes the average into the model at its end; RawWeightsAtStop keeps what came before
+    (the recipe scores both at its last point)."""
+    from mrcnn_nuclei.recipes import RawWeightsAtStop
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    opt, _ = make_optimizer(config_with(_C, WEIGHTS_EMA=0.5), 0.1, 0.0)
+    model.compile(optimizer=opt, loss="mse")
+    x = np.random.default_rng(1).normal(size=(8, 3)).astype("float32")
+    y = np.ones((8, 2), "float32")
+    seen = []
+
+    class StopAtThird(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append([v.numpy().copy() for v in model.trainable_variables])
+            if len(seen) == 3:
+                self.model.stop_training = True
+
+    raw = RawWeightsAtStop()
+    off = RawWeightsAtStop(enabled=False)
+    model.fit(x, y, batch_size=2, epochs=5, shuffle=False, verbose=0,
+              callbacks=[StopAtThird(), raw, off])
+    assert len(seen) == 3 and off.values is None
+    for kept, last, now in zip(raw.values, seen[-1], model.trainable_variables):
+        np.testing.assert_array_equal(kept, last)
+        assert not np.allclose(now.numpy(), last)  # the model holds the average now
