@@ -15,6 +15,9 @@ Options added beyond Matterport (each keeps Matterport's behaviour by default):
 * ``MASK_HEAD_CHANNELS``: width of the mask head's four convolutions and its deconvolution
   (256, Matterport's; its weight files need 256). On a CPU the mask head is a large part of a
   training step, and its cost grows with the square of the width.
+* ``IMAGE_INVERT_BRIGHT``: ``None`` (off) or a grey level: images whose mean exceeds it
+  (brightfield, H&E: dark nuclei on a bright background) are inverted (``255 - image``) before
+  molding, in training and at inference alike (:func:`mrcnn_nuclei.data.convert.invert_bright`).
 * ``PREPROC_CONV``: add a 1x1 convolution named ``PREPROC`` that projects ``IMAGE_CHANNEL_COUNT``
   channels to 3 before ``conv1`` (Mask R-CNN+: RGB + hematoxylin + distance map).
 * ``LEARNING_RATE_WARMUP_STEPS``: linear warm-up of the learning rate over that many steps.
@@ -153,6 +156,7 @@ class Config:
     NORM = "bn"
     GN_GROUPS = 32
     PREPROC_CONV = False
+    IMAGE_INVERT_BRIGHT = None
     LEARNING_RATE_WARMUP_STEPS = 0
     LEARNING_RATE_DECAY = "none"
     LEARNING_RATE_DECAY_FLOOR = 0.01
@@ -256,6 +260,12 @@ class Config:
                 self.NORM == "gn" and int(self.MASK_HEAD_CHANNELS) % int(self.GN_GROUPS)):
             fail("MASK_HEAD_CHANNELS", "must be a positive integer (a multiple of GN_GROUPS "
                  "with NORM = 'gn'); Matterport's weights need 256")
+        if self.IMAGE_INVERT_BRIGHT is not None and (
+                isinstance(self.IMAGE_INVERT_BRIGHT, bool)
+                or not isinstance(self.IMAGE_INVERT_BRIGHT, (int, float, np.integer, np.floating))
+                or not 0 <= float(self.IMAGE_INVERT_BRIGHT) <= 255):
+            fail("IMAGE_INVERT_BRIGHT", "must be None (off) or a grey level between 0 and 255, "
+                 "e.g. 127")
         if self.GT_OVERFLOW not in ("largest", "random"):
             fail("GT_OVERFLOW", "must be 'largest' or 'random'")
         if self.RESIZE_SEMANTICS not in ("matterport", "project"):

@@ -21,12 +21,13 @@ def mold_inputs(images, config):
     """List of images -> (molded list of [H, W, C] float32, image_metas [N, META] float32,
     windows list of (y1, x1, y2, x2)).
 
-    Each image goes through data.convert.to_uint8 (grey, RGBA, 16-bit, float), resize_image
+    Each image goes through data.convert.to_uint8 (grey, RGBA, 16-bit, float), invert_bright
+    (IMAGE_INVERT_BRIGHT), resize_image
     with the config's IMAGE_RESIZE_MODE ("crop" is read as "square": no random crops at
     inference), IMAGE_MIN_DIM, IMAGE_MAX_DIM, IMAGE_MIN_SCALE and RESIZE_SEMANTICS, then
     mold_image (minus MEAN_PIXEL).  Shapes may differ between images (pad64).
     """
-    from .data.convert import to_uint8
+    from .data.convert import invert_bright, to_uint8
 
     c = config
     semantics = c.RESIZE_SEMANTICS
@@ -37,6 +38,7 @@ def mold_inputs(images, config):
         except Exception as err:  # name the offending image
             raise ValueError(f"detect(): image #{i} (shape {np.shape(image)}, dtype "
                              f"{np.asarray(image).dtype}) cannot be converted: {err}") from err
+        img = invert_bright(img, c.IMAGE_INVERT_BRIGHT)
         mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
         out, window, scale = _resize_for_inference(img, c, mode, semantics)
         molded.append(IO.mold_image(out, c))

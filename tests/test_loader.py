@@ -329,3 +329,57 @@ def test_unpacked_augmentation_paths_in_loader(synthetic):
                                                    rng=rng(3))
     assert len(ids) == len(bbox) == mini.shape[-1] > 0
     assert np.all(bbox[:, 2] > bbox[:, 0]) and mini.any(axis=(0, 1)).all()
+
+
+class BrightDiscDataset(DiscDataset):
+    """The discs dark on a bright background (as brightfield/H&E) when ``bright``."""
+
+    def load_image(self, image_id):
+        return 255 - super().load_image(image_id)
+
+
+def test_invert_bright_applies_alike_in_training_and_inference():
+    from mrcnn_nuclei.data.convert import invert_bright
+    from mrcnn_nuclei.molding import mold_inputs
+
+    dark = DiscDataset().load([3])
+    dark.prepare()
+    bright = BrightDiscDataset().load([3])
+    bright.prepare()
+    img = bright.load_image(0)
+    assert img.mean() > 127 and dark.load_image(0).mean() < 127
+    np.testing.assert_array_equal(invert_bright(img, 127), dark.load_image(0))
+    assert invert_bright(img, None) is img and invert_bright(img, 254.9) is img
+    with pytest.raises(ValueError, match="uint8"):
+        invert_bright(img.astype(np.float32), 127)
+
+    class Inv(TinyConfig):
+        IMAGE_INVERT_BRIGHT = 127
+        IMAGE_RESIZE_MODE = "square"
+
+    class Plain(TinyConfig):
+        IMAGE_RESIZE_MODE = "square"
+
+    inv, plain = Inv(), Plain()
+    # training: the bright dataset under inversion gives the dark dataset's batch exactly
+    a = L.load_image_gt(bright, inv, 0)
+    b = L.load_image_gt(dark, plain, 0)
+    c = L.load_image_gt(bright, plain, 0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    # inference: mold_inputs inverts the same images (and leaves dark ones alone)
+    m_inv = mold_inputs([img], inv)[0][0]
+    m_dark = mold_inputs([dark.load_image(0)], plain)[0][0]
+    np.testing.assert_array_equal(m_inv, m_dark)
+    np.testing.assert_array_equal(mold_inputs([dark.load_image(0)], inv)[0][0], m_dark)
+
+
+@pytest.mark.parametrize("bad", [True, -1, 300, "x"])
+def test_invert_bright_config_check(bad):
+    from mrcnn_nuclei.config import ConfigError
+
+    class C(TinyConfig):
+        IMAGE_INVERT_BRIGHT = bad
+
+    with pytest.raises(ConfigError, match="IMAGE_INVERT_BRIGHT"):
+        C()

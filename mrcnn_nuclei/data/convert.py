@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-__all__ = ["to_uint8", "read_image", "LUMA_WEIGHTS"]
+__all__ = ["to_uint8", "read_image", "LUMA_WEIGHTS", "invert_bright"]
 
 #: ITU-R BT.601 luma weights used for ``channels=1``.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -153,3 +153,23 @@ def read_image(path):
         errors.append(f"Pillow: {exc}")
     raise ValueError(f"cannot read image file {path}: {'; '.join(errors)}. Check that the file "
                      "is a complete PNG/TIFF/JPEG (re-download or re-export it)")
+
+
+def invert_bright(image, threshold):
+    """``255 - image`` if the uint8 ``image``'s mean (all pixels and channels) exceeds
+    ``threshold``, else ``image`` itself; ``threshold`` None: no change.
+
+    Brightfield and H&E images show dark nuclei on a bright background, fluorescence images bright
+    nuclei on a dark one; inverting the bright ones gives a detector one appearance to learn
+    (``Config.IMAGE_INVERT_BRIGHT``, applied alike by the training loader and ``mold_inputs``).
+    The decision is per image: tiles of a whole slide are judged one by one.
+    """
+    if threshold is None:
+        return image
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"invert_bright: needs a uint8 image, got {image.dtype} "
+                         "(convert it with mrcnn_nuclei.data.convert.to_uint8)")
+    if image.size and float(image.mean()) > float(threshold):
+        return 255 - image
+    return image

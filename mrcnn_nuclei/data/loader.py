@@ -42,6 +42,7 @@ import numpy as np
 from mrcnn_nuclei.boxes import get_anchors
 from mrcnn_nuclei.data import image_ops as IO
 from mrcnn_nuclei.data.augment import apply_augmentation, augment_packed
+from mrcnn_nuclei.data.convert import invert_bright
 from mrcnn_nuclei.data.targets import build_rpn_targets
 
 __all__ = ["load_image_gt", "TrainingLoader", "select_gt"]
@@ -80,6 +81,7 @@ def _load(dataset, config, image_id):
         raise ValueError(f"load_image_gt: load_mask({image_id}) ({ref}) must return [H, W, N] "
                          f"masks of the image's size {image.shape[:2]} and N class ids; got "
                          f"masks {mask.shape} and {len(class_ids)} class ids")
+    image = invert_bright(image, config.IMAGE_INVERT_BRIGHT)
     return image, mask.astype(bool, copy=False), class_ids
 
 
