@@ -56,6 +56,11 @@ class DSBScratchConfig(NucleusConfig):
     DETECTION_MAX_INSTANCES = 400
     DETECTION_MIN_CONFIDENCE = 0.5
     MINI_MASK_SHAPE = (28, 28)
+    # the 2026-12-04 recipe (samples/nucleus/README.md, "Accuracy work"): a mask head half as wide
+    # (twice the steps per CPU budget), bright-background images inverted, the weights averaged
+    MASK_HEAD_CHANNELS = 128
+    IMAGE_INVERT_BRIGHT = 127
+    WEIGHTS_EMA = 0.99
     LEARNING_RATE = 0.01
     LEARNING_RATE_WARMUP_STEPS = 100
     SEED = 0

@@ -34,6 +34,9 @@ def test_recipe_is_a_valid_config_with_matterport_defaults_untouched():
     assert (c.BACKBONE, c.NORM, c.IMAGE_RESIZE_MODE, c.IMAGE_MIN_SCALE) == ("resnet18", "gn",
                                                                              "crop", 2.0)
     assert list(c.IMAGE_SHAPE) == [256, 256, 3]
+    assert (c.MASK_HEAD_CHANNELS, c.IMAGE_INVERT_BRIGHT, c.WEIGHTS_EMA) == (128, 127, 0.99)
+    assert (Config.MASK_HEAD_CHANNELS, Config.IMAGE_INVERT_BRIGHT, Config.WEIGHTS_EMA) == \
+        (256, None, 0.0)
     assert Config.NORM == "bn" and Config.BACKBONE == "resnet101"
     inf = inference_twin(config_with(DSBScratchConfig, TOP_DOWN_PYRAMID_SIZE=64))
     assert inf.IMAGE_RESIZE_MODE == "pad64" and inf.BATCH_SIZE == 1
@@ -115,7 +118,7 @@ def test_short_scratch_run_learns_real_nuclei(dsb_root, tmp_path):
         IMAGE_MIN_SCALE=1.0, TOP_DOWN_PYRAMID_SIZE=64, GN_GROUPS=8,
         FPN_CLASSIF_FC_LAYERS_SIZE=128, STEPS_PER_EPOCH=20, POST_NMS_ROIS_TRAINING=256,
         TRAIN_ROIS_PER_IMAGE=64, RPN_TRAIN_ANCHORS_PER_IMAGE=64, LEARNING_RATE_WARMUP_STEPS=20,
-        DETECTION_MIN_CONFIDENCE=0.3, SEED=0)
+        DETECTION_MIN_CONFIDENCE=0.3, WEIGHTS_EMA=0.9, SEED=0)
     model, curve = train_budgeted(config, train_ds, val_ds, minutes=20, model_dir=str(tmp_path),
                                   eval_at=[], eval_untrained=True, max_steps=150, workers=1,
                                   verbose=0)
@@ -128,3 +131,18 @@ def test_short_scratch_run_learns_real_nuclei(dsb_root, tmp_path):
     assert np.mean(hist[-2:]) < 0.85 * np.mean(hist[:2]), hist
     assert trained["dsb"] > untrained["dsb"] + 0.02, curve
     assert trained["n_pred"] > 0
+    # the recipe averages its weights: the last point also scores the raw last-step weights
+    raw = trained["raw_weights"]
+    assert raw["n_gt"] == trained["n_gt"] and raw["dsb"] > untrained["dsb"], curve
+
+
+def test_no_val_needs_a_holdout(capsys):
+    """--no-val (holdout-only ablations) without --holdout would score nothing: refused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import train_dsb
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit):
+        train_dsb.main(["--minutes", "1", "--no-val"])
+    assert "--no-val needs --holdout" in capsys.readouterr().err
