@@ -13,6 +13,7 @@ AP, AP50, AJI, PQ).  The benchmark ``benchmarks/train_dsb.py`` and the CI test s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -23,8 +24,8 @@ import numpy as np
 from .config import NucleusConfig, inference_config
 from .datasets.dsb import read_image_groups  # noqa: F401  (re-exported: the holdout split's input)
 
-__all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback", "RawWeightsAtStop",
-           "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader",
+__all__ = ["DSBScratchConfig", "inference_twin", "evaluate_model", "BudgetCallback",
+           "RawWeightsAtStop", "KeepLastCheckpoint", "train_budgeted", "config_with", "format_curve", "cached_loader",
            "holdout_ids", "read_image_groups", "copy_weights"]
 
 
@@ -145,8 +146,6 @@ def copy_weights(train_model, infer_model, average=True):
     """Copy the training model's weights into the inference model (by layer name, strict); with
     ``WEIGHTS_EMA`` the optimizer's moving average is copied (the raw weights stay in training)
     unless ``average=False``."""
-    import contextlib
-
     from . import weights as W
     from .training import averaged_weights
 
@@ -311,7 +310,7 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     the average at an equal step count. The training loader caches decoded images and masks
     (thread workers only)."""
     from .model import MaskRCNN
-    from .training import decay_callback
+    from .training import assigned_weights, decay_callback
 
     if config.SEED is not None:
         keras.utils.set_random_seed(int(config.SEED))
@@ -342,13 +341,8 @@ def train_budgeted(config, train_dataset, val_dataset, minutes, model_dir, eval_
     curve.extend(budget.curve)
     if raw.values is not None and curve:
         t0 = time.perf_counter()
-        variables = model.keras_model.trainable_variables
-        averaged = [v.numpy().copy() for v in variables]
-        for v, value in zip(variables, raw.values):
-            v.assign(value)
-        copy_weights(model, infer, average=False)
-        for v, value in zip(variables, averaged):
-            v.assign(value)
+        with assigned_weights(model.keras_model, raw.values):
+            copy_weights(model, infer, average=False)
         curve[-1]["raw_weights"] = evaluate_model(infer, val_dataset, val_ids)
         curve[-1]["raw_weights"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     if final_val_ids is not None and curve:

@@ -29,7 +29,7 @@ from .layers import losses as L
 from .layers.backbone import FrozenBatchNorm
 
 __all__ = ["LAYER_REGEX", "layer_regex", "set_trainable", "WarmUp", "cosine_factor",
-           "step_factor", "decay_callback", "averaged_weights",
+           "step_factor", "decay_callback", "averaged_weights", "assigned_weights",
            "LearningRateDecay", "add_lr_decay", "mask_slots", "mask_rcnn_losses",
            "MaskRCNNTrainingModel", "make_optimizer", "compile_training_model",
            "AtomicCheckpoint", "progress_logger", "make_training_loader"]
@@ -163,6 +163,23 @@ def add_lr_decay(callbacks, config, total_steps, schedule):
 
 
 @contextlib.contextmanager
+def assigned_weights(keras_model, values):
+    """Within the block, ``keras_model``'s trainable weights hold ``values`` (one array or None
+    per trainable variable; None leaves that variable alone); its own values are back
+    afterwards."""
+    variables = keras_model.trainable_variables
+    own = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in variables]
+    try:
+        for v, value in zip(variables, values):
+            if value is not None:
+                v.assign(value)
+        yield keras_model
+    finally:
+        for v, value in zip(variables, own):
+            v.assign(value)
+
+
+@contextlib.contextmanager
 def averaged_weights(keras_model):
     """Within the block, ``keras_model``'s trainable weights hold the optimizer's moving average
     (``WEIGHTS_EMA``); the raw weights are back afterwards. No average kept: nothing changes."""
@@ -171,16 +188,8 @@ def averaged_weights(keras_model):
     if not getattr(opt, "use_ema", False) or not averages:
         yield keras_model
         return
-    variables = keras_model.trainable_variables
-    raw = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in variables]
-    try:
-        for v, avg in zip(variables, averages):
-            if avg is not None:
-                v.assign(avg)
+    with assigned_weights(keras_model, averages):
         yield keras_model
-    finally:
-        for v, value in zip(variables, raw):
-            v.assign(value)
 
 
 def decay_callback(config, total_steps=None, progress=None):

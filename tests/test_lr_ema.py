@@ -44,13 +44,18 @@ def test_config_rejects_bad_schedule_and_average_values():
             config_with(_C, **attrs)
 
 
-def test_weight_average_is_the_hand_computed_ema_and_raw_weights_come_back():
-    keras.utils.set_random_seed(0)
+def _ema_model(seed):
+    """A seeded Dense model compiled with a WEIGHTS_EMA = 0.5 optimizer, and its data."""
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     opt, _ = make_optimizer(config_with(_C, WEIGHTS_EMA=0.5), 0.1, 0.0)
     model.compile(optimizer=opt, loss="mse")
-    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
-    y = np.ones((8, 2), "float32")
+    x = np.random.default_rng(seed).normal(size=(8, 3)).astype("float32")
+    return model, x, np.ones((8, 2), "float32")
+
+
+def test_weight_average_is_the_hand_computed_ema_and_raw_weights_come_back():
+    model, x, y = _ema_model(0)
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -94,12 +99,7 @@ def test_raw_weights_at_stop_are_the_last_step_not_the_average():
     (the recipe scores both at its last point)."""
     from mrcnn_nuclei.recipes import RawWeightsAtStop
 
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    opt, _ = make_optimizer(config_with(_C, WEIGHTS_EMA=0.5), 0.1, 0.0)
-    model.compile(optimizer=opt, loss="mse")
-    x = np.random.default_rng(1).normal(size=(8, 3)).astype("float32")
-    y = np.ones((8, 2), "float32")
+    model, x, y = _ema_model(1)
     seen = []
 
     class StopAtThird(keras.callbacks.Callback):
