@@ -83,7 +83,7 @@ def main(argv=None):
                         "ablations; the val ids are scored once per recipe change)")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="also stop after N training steps (step-matched ablations on a busy "
-                        "machine; a cosine decay then runs over the N steps)")
+                        "machine; a LEARNING_RATE_DECAY then runs over the N steps, not over the minutes)")
     p.add_argument("--eval-untrained", action="store_true",
                    help="also score the untrained model (minute 0)")
     args = p.parse_args(argv)

@@ -160,3 +160,64 @@ def test_real_model_runs_are_mapped_back_to_the_original_frame(tmp_path):
             assert not (run["masks"][..., k] & ~inside).any()
     assert merged["masks"].shape[:2] == img.shape[:2]
     assert len(merged["scores"]) >= 1
+
+
+# ------------------------------------------------------- benchmarks/tta_eval.py on a tiny model
+def test_tta_eval_script_scores_what_evaluate_dataset_scores(tmp_path, dsb_root):
+    """The TTA ablation script: its plain row is evaluate_dataset of the model folder; its TTA
+    row is evaluate_dataset of a detector written here from tta_detect with the folder's mask
+    threshold; the folder's post-processing applies to both; a bad --min-runs is refused."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from mrcnn_nuclei.datasets import DSBDataset
+    from mrcnn_nuclei.evaluation import evaluate_dataset
+    from mrcnn_nuclei.modelfolder import PostProcess, load_model, save_model
+    from tiny_model import tiny_inference_model
+
+    folder = str(tmp_path / "model")
+    model = tiny_inference_model(tmp_path, seed=0, DETECTION_MIN_CONFIDENCE=0.0,
+                                 DETECTION_MAX_INSTANCES=30)
+    cls = model.keras_model.get_layer("mrcnn_class_logits")   # random weights: give detections
+    cls.set_weights([cls.get_weights()[0], np.array([0.0, 2.0], np.float32)])
+    settings = PostProcess(mask_threshold=0.45, score_threshold=0.55, min_size=5)
+    save_model(model, folder, settings)
+    ids = sorted(p.name for p in (Path(dsb_root) / "stage1_train").iterdir())[:2]
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tta_eval", repo / "benchmarks" / "tta_eval.py")
+    script = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)
+    spec.loader.exec_module(script)
+    common = ["--model", folder, "--dataset", str(dsb_root), "--ids", "file",
+              "--ids-file", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "out")]
+    try:
+        rows = script.main(common + ["--transforms", "orig,hflip", "--min-runs", "1"])
+        with pytest.raises(SystemExit, match="min-runs 3"):
+            script.main(common + ["--transforms", "orig,hflip", "--min-runs", "3"])
+    finally:
+        sys.path[:] = saved_path
+
+    loaded = load_model(folder)
+    assert loaded.postprocess == settings
+    ds = DSBDataset().load(str(dsb_root), ids=ids)
+    ds.prepare()
+
+    def by_hand(image):
+        r = tta_detect(loaded, image, transforms=("orig", "hflip"), merge_kwargs={"min_runs": 1})
+        r["masks"] = r["soft_masks"] >= 0.45
+        return r
+
+    kw = dict(postprocess=settings, coco_backend="numpy", pannuke=False, verbose=0,
+              check_images=False)
+    for row, detector in zip(rows, (loaded, by_hand)):
+        want = evaluate_dataset(detector, ds, **kw)
+        for k in ("dsb", "aji", "pq"):
+            assert row[k] == pytest.approx(want["means"][k], abs=1e-12), (row["variant"], k)
+        assert row["AP"] == pytest.approx(want["coco"]["AP"], abs=1e-12)
+        assert row["n_pred"] == want["totals"]["n_pred"]
+    assert rows[0]["n_pred"] > 0 and rows[1]["n_pred"] > 0
+    report = json.loads((tmp_path / "out" / "tta.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["no TTA", "TTA orig+hflip, min_runs 1"]
