@@ -10,6 +10,11 @@ and saves the final weights with their Config JSON.
     python benchmarks/train_dsb.py --minutes 60 --eval-every 20 --out /tmp/dsb60
     python benchmarks/train_dsb.py --minutes 8 --eval-every 0 --set BACKBONE=resnet50 \\
         --val-limit 20                                           # an ablation
+    python benchmarks/train_dsb.py --minutes 120 --eval-every 30 --holdout 60 --tune \\
+        --out runs/m120                  # the shipped model folder: runs/m120/model
+
+``--tune`` (with ``--holdout``) then tunes the model folder's post-processing on the held-out ids
+(``tune_postprocess.py --min-confidence 0.3 --write``) and scores the val ids once more with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DEFAULT_DSB = str(_REPO.parent / "shared" / "data" / "dsb2018_stage1_train")
 
@@ -56,6 +62,32 @@ def save_recipe_model(model, config, folder):
     return save_model(infer, folder)
 
 
+def tune_folder(folder, args, val_names=None):
+    """Tune ``folder``'s post-processing on the held-out ids (``OUT/holdout_ids.txt``, beside
+    the folder) and write it there; with ``val_names``, score those ids with the tuned folder.
+    Returns ``{"postprocess": ..., "holdout": sweep gain, "val": curve-style row}``."""
+    import tune_postprocess
+    from tta_eval import score
+
+    from mrcnn_nuclei.datasets import DSBDataset
+    from mrcnn_nuclei.modelfolder import load_model
+
+    print("\ntuning the post-processing on the held-out ids:", flush=True)
+    result = tune_postprocess.main(["--model", folder, "--dataset", args.dataset, "--ids",
+                                    "holdout", "--min-confidence", str(args.tune_min_confidence),
+                                    "--write", "--top", "5"])
+    out = {"holdout": {"before": result["current"]["dsb"], "after": result["writable"]["dsb"]}}
+    model = load_model(folder)
+    out["postprocess"] = model.postprocess.to_dict()
+    if val_names:
+        ds = DSBDataset().load(args.dataset, ids=list(val_names))
+        ds.prepare()
+        row = score(model, ds, model.postprocess)
+        row["eval_seconds"] = row.pop("seconds")
+        out["val"] = row
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
@@ -86,9 +118,18 @@ def main(argv=None):
                         "machine; a LEARNING_RATE_DECAY then runs over the N steps, not over the minutes)")
     p.add_argument("--eval-untrained", action="store_true",
                    help="also score the untrained model (minute 0)")
+    p.add_argument("--tune", action="store_true",
+                   help="with --holdout: tune the model folder's post-processing (mask and score "
+                        "thresholds, minimum size) on the held-out ids, write it to the folder "
+                        "and score the val ids once more with it")
+    p.add_argument("--tune-min-confidence", type=float, default=0.3, metavar="C",
+                   help="with --tune: detection confidence the tuning cache is made at (0.3)")
     args = p.parse_args(argv)
     if args.no_val and not args.holdout:
         p.error("--no-val needs --holdout N (the curve would have no ids to score)")
+    if args.tune and not args.holdout:
+        p.error("--tune needs --holdout N (post-processing is tuned on held-out training ids, "
+                "never on val)")
 
     from mrcnn_nuclei import weights
     from mrcnn_nuclei.datasets import DSBDataset
@@ -167,11 +208,17 @@ def main(argv=None):
     if final_ids is not None:
         row = dict(curve[-1], **curve[-1]["final"])
         print(f"\nfinal on {len(final_ids)} val ids:\n" + format_curve([row]))
+    tuned = tune_folder(folder, args, val_names if final_ids is not None else None) \
+        if args.tune else None
+    if tuned and "val" in tuned:
+        row = dict(curve[-1], **tuned["val"])
+        print(f"\nfinal on {len(final_ids)} val ids, post-processing tuned on the held-out ids "
+              f"{tuned['postprocess']}:\n" + format_curve([row]))
     print(f"\nwall clock {wall / 60:.1f} min (evaluation {eval_s / 60:.1f} min); weights: {path}"
           f"\nmodel folder (weights, config, post-processing): {folder}")
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump({"args": vars(args), "overrides": {k: repr(v) for k, v in overrides.items()},
-                   "curve": curve, "wall_seconds": wall}, f, indent=2)
+                   "curve": curve, "tuned": tuned, "wall_seconds": wall}, f, indent=2)
     return curve
 
 

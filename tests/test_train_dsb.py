@@ -138,11 +138,113 @@ def test_short_scratch_run_learns_real_nuclei(dsb_root, tmp_path):
 
 def test_no_val_needs_a_holdout(capsys):
     """--no-val (holdout-only ablations) without --holdout would score nothing: refused."""
+    with pytest.raises(SystemExit):
+        _train_dsb_module().main(["--minutes", "1", "--no-val"])
+    assert "--no-val needs --holdout" in capsys.readouterr().err
+
+
+def _train_dsb_module():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import train_dsb
     finally:
         sys.path.pop(0)
+    return train_dsb
+
+
+def test_tune_needs_a_holdout(capsys):
+    """--tune picks post-processing on held-out training ids; without --holdout it would have to
+    pick it on val: refused."""
     with pytest.raises(SystemExit):
-        train_dsb.main(["--minutes", "1", "--no-val"])
-    assert "--no-val needs --holdout" in capsys.readouterr().err
+        _train_dsb_module().main(["--minutes", "1", "--tune"])
+    assert "--tune needs --holdout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_writes_the_held_out_choice_into_the_folder_and_scores_val_with_it(dsb_root,
+                                                                                 tmp_path):
+    """``train_dsb.py --holdout N --tune``: one command gives the shipped folder. The sweep's
+    choice (made on the held-out ids) lands in postprocess.json, and the tuned val row is what
+    evaluate_dataset gives for the loaded folder with exactly that setting."""
+    from mrcnn_nuclei.evaluation import evaluate_dataset
+    from mrcnn_nuclei.modelfolder import PostProcess, load_model
+
+    root = tmp_path / "dsb"  # a small DSB folder: links to 8 train and 2 val 256x256 images
+    (root / "stage1_train").mkdir(parents=True)
+    train = _ids(dsb_root, "256x256_gray", "train", 8)
+    val = _ids(dsb_root, "256x256_gray", "val", 2)
+    for i in train + val:
+        (root / "stage1_train" / i).symlink_to(Path(dsb_root) / "stage1_train" / i)
+    (root / "val_ids.txt").write_text("\n".join(val) + "\n")
+    (root / "image_groups.tsv").write_text(
+        "image_id\tgroup\tn_masks\n" + "".join(f"{i}\t256x256_gray\t10\n" for i in train + val))
+    out = tmp_path / "run"
+    _train_dsb_module().main([
+        "--minutes", "5", "--max-steps", "4", "--eval-every", "0", "--holdout", "3", "--tune",
+        "--workers", "1", "--augment", "none", "--dataset", str(root), "--out", str(out),
+        "--set", "IMAGE_MIN_DIM=128", "IMAGE_MAX_DIM=128", "IMAGE_MIN_SCALE=1.0",
+        "TOP_DOWN_PYRAMID_SIZE=64", "GN_GROUPS=8", "FPN_CLASSIF_FC_LAYERS_SIZE=128",
+        "POST_NMS_ROIS_TRAINING=128", "TRAIN_ROIS_PER_IMAGE=32", "RPN_TRAIN_ANCHORS_PER_IMAGE=32",
+        "DETECTION_MAX_INSTANCES=40", "LEARNING_RATE_WARMUP_STEPS=2"])
+    import json
+
+    saved = json.loads((out / "curve.json").read_text())
+    tuned = saved["tuned"]
+    sweep = json.loads((out / "model" / "diagnostics" / "holdout" / "sweep.json").read_text())
+    held = (out / "holdout_ids.txt").read_text().split()
+    assert sorted(sweep["image_ids"]) == sorted(held) and len(held) == 3
+    assert not set(held) & set(val)
+    chosen = {k: sweep["writable"][k] for k in ("mask_threshold", "score_threshold", "min_size")}
+    model = load_model(str(out / "model"))
+    assert {k: model.postprocess.to_dict()[k] for k in chosen} == chosen
+    assert tuned["postprocess"] == model.postprocess.to_dict()
+    assert tuned["holdout"]["after"] >= tuned["holdout"]["before"]
+    from mrcnn_nuclei.datasets import DSBDataset
+
+    ds = DSBDataset().load(str(root), ids=val)
+    ds.prepare()
+    ref = evaluate_dataset(model, ds, postprocess=PostProcess(**model.postprocess.to_dict()),
+                           coco_backend="numpy", pannuke=False, verbose=0)
+    assert tuned["val"]["dsb"] == pytest.approx(float(ref["means"]["dsb"]), abs=1e-12)
+    # (a 4-step model detects nothing: the scores are checked with detections below)
+    assert tuned["val"]["n_pred"] == int(ref["totals"]["n_pred"])
+
+
+def test_tune_folder_scores_val_with_the_setting_chosen_on_the_held_out_ids(dsb_root, tmp_path):
+    """train_dsb.tune_folder on a folder that detects: the sweep runs on the ids of
+    holdout_ids.txt beside the folder, its choice is written, and the val row is evaluate_dataset
+    of the reloaded folder."""
+    import argparse
+    import json
+
+    from mrcnn_nuclei.datasets import DSBDataset
+    from mrcnn_nuclei.evaluation import evaluate_dataset
+    from mrcnn_nuclei.modelfolder import PostProcess, load_model, save_model
+    from tiny_model import tiny_inference_model
+
+    model = tiny_inference_model(tmp_path, seed=0, DETECTION_MIN_CONFIDENCE=0.0,
+                                 DETECTION_MAX_INSTANCES=30)
+    cls = model.keras_model.get_layer("mrcnn_class_logits")  # random weights: give detections
+    cls.set_weights([cls.get_weights()[0], np.array([0.0, 2.0], np.float32)])
+    folder = tmp_path / "run" / "model"
+    save_model(model, str(folder), PostProcess())
+    held = _ids(dsb_root, "256x256_gray", "train", 2)
+    val = _ids(dsb_root, "256x256_gray", "val", 2)
+    (tmp_path / "run" / "holdout_ids.txt").write_text("\n".join(held) + "\n")
+    args = argparse.Namespace(dataset=str(dsb_root), tune_min_confidence=0.0)
+    tuned = _train_dsb_module().tune_folder(str(folder), args, val)
+
+    sweep = json.loads((folder / "diagnostics" / "holdout" / "sweep.json").read_text())
+    assert sweep["image_ids"] == held
+    loaded = load_model(str(folder))
+    for k in ("mask_threshold", "score_threshold", "min_size"):
+        assert getattr(loaded.postprocess, k) == sweep["writable"][k] == tuned["postprocess"][k]
+    assert tuned["holdout"] == {"before": sweep["current"]["dsb"],
+                                "after": sweep["writable"]["dsb"]}
+    ds = DSBDataset().load(str(dsb_root), ids=val)
+    ds.prepare()
+    ref = evaluate_dataset(loaded, ds, postprocess=loaded.postprocess, coco_backend="numpy",
+                           pannuke=False, verbose=0)
+    assert tuned["val"]["n_pred"] == int(ref["totals"]["n_pred"]) > 0
+    assert tuned["val"]["dsb"] == pytest.approx(float(ref["means"]["dsb"]), abs=1e-12)
+    assert tuned["val"]["AP"] == pytest.approx(float(ref["coco"]["AP"]), abs=1e-12)
