@@ -109,7 +109,10 @@ def main(argv=None):
                         "fixed split): the curve is scored on them (tuning), the val ids are "
                         "scored once at the end; the split is written to OUT/holdout_ids.txt")
     p.add_argument("--workers", type=int, default=2, help="loader threads")
-    p.add_argument("--augment", choices=["light", "nucleus", "none"], default="light")
+    p.add_argument("--augment", choices=["light", "nucleus", "strong", "none"], default="light",
+                   help="light: flips and 90-degree turns (the recipe); nucleus: also small "
+                        "rotations, brightness/contrast, blur, hue; strong: also scale jitter "
+                        "0.8-1.25 and wider ranges (mrcnn_nuclei.data.augment)")
     p.add_argument("--no-val", action="store_true",
                    help="with --holdout: score the held-out ids only, not the val ids (short "
                         "ablations; the val ids are scored once per recipe change)")
